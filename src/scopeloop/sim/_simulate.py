@@ -1,0 +1,253 @@
+"""An offline simulated acquisition: MDA on the simulated rig, plus ground truth."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import useq
+
+from scopeloop.errors import ConfigError, DeviceError
+
+from ._culture import Phase
+from ._devices import SimHub, SimLaser, world_of
+from ._truth import AcquiredFrame, write_ground_truth
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import numpy as np
+    from pymmcore_plus.experimental.unicore import UniMMCore
+
+    from scopeloop.config import SimulationOptions
+
+__all__ = ["SimulationSummary", "default_config", "load_core", "run_simulation"]
+
+
+def default_config(name: str = "demo.cfg") -> Path:
+    """Path of a configuration shipped with scopeloop (`hardware_configs/`)."""
+    here = Path(__file__).resolve()
+    for candidate in (
+        here.parents[3] / "hardware_configs" / name,  # source checkout
+        here.parents[1] / "hardware_configs" / name,  # installed wheel
+    ):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"bundled configuration {name!r} not found next to {here}")
+
+
+def load_core(config: Path) -> UniMMCore:
+    """A `UniMMCore` with `config` loaded; a bad file gives a `ConfigError`."""
+    from pymmcore_plus.experimental.unicore import UniMMCore
+
+    if not config.is_file():
+        raise ConfigError(f"configuration file not found: {config}")
+    text = config.read_text(errors="replace")
+    python_only = not any(
+        line.startswith("Device,") for line in text.splitlines()
+    )
+    if python_only:
+        # Without C++ devices there is no Micro-Manager installation to find;
+        # the core's complaint about that is noise.
+        logger = logging.getLogger("pymmcore-plus")
+        level = logger.level
+        logger.setLevel(logging.CRITICAL)
+        try:
+            core = UniMMCore()
+        finally:
+            logger.setLevel(level)
+    else:
+        core = UniMMCore()
+    try:
+        core.loadSystemConfiguration(str(config))
+    except Exception as e:  # the loader wraps everything in RuntimeError
+        raise ConfigError(f"cannot load {config}: {e}") from e
+    return core
+
+
+def _label_of(core: UniMMCore, cls: type) -> str:
+    labels = [
+        d for d in core.getLoadedDevices()
+        if core.isPyDevice(d) and core.getDeviceName(d) == cls.__name__
+    ]
+    if len(labels) != 1:
+        raise DeviceError(
+            f"the configuration must load exactly one {cls.__name__}, found "
+            f"{len(labels)}: scopeloop simulate needs a simulated rig"
+        )
+    return labels[0]
+
+
+def _grid(n: int, spacing_um: float) -> list[tuple[float, float]]:
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    return [
+        ((i % cols - (cols - 1) / 2) * spacing_um, (i // cols - (rows - 1) / 2) * spacing_um)
+        for i in range(n)
+    ]
+
+
+@dataclass(frozen=True)
+class SimulationSummary:
+    """What a simulated acquisition produced."""
+
+    frames: int
+    frames_planned: int
+    positions: int
+    divisions: int
+    delivered_dose_mj: float
+    dead_nuclei: int
+    sim_time_h: float
+    wall_time_s: float
+    finished: bool
+    raw: str
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("scopeloop", "pymmcore-plus", "useq-schema", "ome-writers", "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def run_simulation(
+    options: SimulationOptions,
+    on_frame: Callable[[int, int], None] | None = None,
+) -> SimulationSummary:
+    """Acquire a time-lapse on the simulated rig and write it with ground truth.
+
+    Parameters
+    ----------
+    options
+        What to acquire and where to write it.
+    on_frame
+        Called after each frame with (frames done, frames planned), e.g. for
+        a progress bar. Runs on the acquisition thread: keep it quick.
+
+    The raw stream is written by ome-writers through pymmcore-plus's MDA
+    runner; ground truth goes to `ground_truth/`. If the acquisition is
+    interrupted (Ctrl-C), what was acquired is still written, then the
+    interruption is re-raised.
+    """
+    out = options.out
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"output folder {out} exists and is not empty")
+    config = options.config or default_config()
+    core = load_core(config)
+    try:
+        return _acquire(core, config, options, on_frame)
+    finally:
+        # Collect the core on this thread: collecting it on another after a
+        # sequence acquisition can abort the process.
+        del core
+        gc.collect()
+
+
+def _acquire(
+    core: UniMMCore, config: Path, options: SimulationOptions,
+    on_frame: Callable[[int, int], None] | None,
+) -> SimulationSummary:
+    hub = _label_of(core, SimHub)
+    laser = _label_of(core, SimLaser)
+    core.setProperty(hub, "Seed", options.seed)
+    core.setProperty(hub, "Clock", "Manual")
+    core.setProperty(hub, "SpeedUp", options.speedup)
+    world = world_of(core, hub)
+    core.setExposure(options.exposure_ms)
+    core.setProperty(laser, "PowerSetpoint_mW", options.laser_power_mw)
+    if core.getShutterDevice():
+        core.setShutterOpen(True)
+
+    z0 = world.params.sample_z_um
+    positions = [
+        useq.Position(x=x, y=y, z=z0, name=f"p{i:03d}")
+        for i, (x, y) in enumerate(_grid(options.positions, options.position_spacing_um))
+    ]
+    z_plan = None
+    if options.z_planes > 1:
+        z_plan = {"range": (options.z_planes - 1) * options.z_step_um, "step": options.z_step_um}
+    sequence = useq.MDASequence(
+        time_plan={"interval": options.wall_interval_s, "loops": options.frames},
+        stage_positions=positions,
+        z_plan=z_plan,
+        axis_order="tpzc",
+    )
+    planned = options.frames * options.positions * options.z_planes
+    out = options.out
+    out.mkdir(parents=True, exist_ok=True)
+    raw = out / f"raw{options.output_format.suffix}"
+    first = len(world.exposures)
+    acquired: list[dict[str, int]] = []
+
+    def _event_started(event: useq.MDAEvent) -> None:
+        t = event.index.get("t", 0)
+        if t * options.interval_s > world.now():
+            world.set_time(t * options.interval_s)
+
+    def _frame_ready(_img: np.ndarray, event: useq.MDAEvent, _meta: Any) -> None:
+        acquired.append(dict(event.index))
+        if on_frame is not None:
+            on_frame(len(acquired), planned)
+
+    core.mda.events.eventStarted.connect(_event_started)
+    core.mda.events.frameReady.connect(_frame_ready)
+    started = time.perf_counter()
+    interrupted: BaseException | None = None
+    try:
+        core.mda.run(sequence, output=str(raw))
+    except KeyboardInterrupt as e:
+        interrupted = e
+    finally:
+        core.mda.events.eventStarted.disconnect(_event_started)
+        core.mda.events.frameReady.disconnect(_frame_ready)
+    wall = time.perf_counter() - started
+
+    exposures = world.exposures[first:]
+    if len(exposures) < len(acquired):
+        raise DeviceError(
+            f"{len(acquired)} frames arrived but the camera made {len(exposures)} "
+            "exposures: ground truth cannot be matched"
+        )
+    frames = [
+        AcquiredFrame(frame=i.get("t", 0), position=i.get("p", 0), z=i.get("z", 0), exposure=e)
+        for i, e in zip(acquired, exposures, strict=False)
+    ]
+    params = world.params
+    counts = write_ground_truth(
+        out / "ground_truth", frames, world.culture.divisions,
+        (params.slide_width_um, params.slide_height_um),
+    )
+    dead = int((world.culture.phases() == Phase.DEAD).sum())
+    summary = SimulationSummary(
+        frames=len(frames),
+        frames_planned=planned,
+        positions=options.positions,
+        divisions=counts["divisions"],
+        delivered_dose_mj=round(sum(f.exposure.dose_mj for f in frames), 6),
+        dead_nuclei=dead,
+        sim_time_h=round(world.now() / 3600, 3),
+        wall_time_s=round(wall, 3),
+        finished=interrupted is None and len(frames) == planned,
+        raw=str(raw.relative_to(out)),
+    )
+    (out / "simulation.json").write_text(json.dumps({
+        "options": options.model_dump(mode="json"),
+        "config": str(config),
+        "culture": params.model_dump(mode="json", by_alias=True),
+        "versions": _versions(),
+        "summary": asdict(summary),
+    }, indent=2))
+    if interrupted is not None:
+        raise interrupted
+    return summary
