@@ -28,7 +28,9 @@ class SimulationOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     version: int = Field(1, ge=1, le=1, description="Version of this options schema.")
-    out: Path = Field(description="Folder the run is written to (created; must be empty).")
+    out: Path = Field(
+        description="Folder the run is written to (created; must be empty)."
+    )
     config: Path | None = Field(
         None, description="Micro-Manager configuration; default: the bundled demo.cfg."
     )
@@ -42,15 +44,21 @@ class SimulationOptions(BaseModel):
     position_spacing_um: float = Field(
         400.0, gt=0, le=50_000, description="Distance between neighbouring positions."
     )
-    z_planes: int = Field(1, ge=1, le=200, description="Planes per z-stack (1: no stack).")
+    z_planes: int = Field(
+        1, ge=1, le=200, description="Planes per z-stack (1: no stack)."
+    )
     z_step_um: float = Field(1.0, gt=0, le=100, description="Step between z planes.")
     exposure_ms: float = Field(50.0, gt=0, le=60_000, description="Camera exposure.")
     laser_power_mw: float = Field(2.0, ge=0, le=10_000, description="Laser power.")
     speedup: float = Field(
-        3600.0, gt=0, le=1e7,
+        3600.0,
+        gt=0,
+        le=1e7,
         description="Simulated seconds per wall-clock second when pacing the run.",
     )
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the culture and noise.")
+    seed: int = Field(
+        0, ge=0, le=2**31 - 1, description="Seed of the culture and noise."
+    )
     output_format: OutputFormat = Field(
         OutputFormat.OME_TIFF, description="Container of the raw stream."
     )

@@ -38,9 +38,10 @@ from ._sensor import SensorModel
 from ._world import ClockMode, LightPath, World
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
 
     from numpy.typing import DTypeLike, NDArray
+    from pydantic.fields import FieldInfo
 
 __all__ = [
     "SimCamera",
@@ -51,6 +52,7 @@ __all__ = [
     "SimXYStage",
     "world_of",
 ]
+
 
 @dataclass(slots=True)
 class _Rig:
@@ -86,11 +88,17 @@ def world_of(core: Any, hub_label: str | None = None) -> World:
         A `UniMMCore` that loaded a SimHub.
     hub_label
         The hub's label; may be omitted when only one SimHub is loaded.
+
     """
-    labels = [hub_label] if hub_label else [
-        label for label in core.getLoadedDevices()
-        if core.isPyDevice(label) and core.getDeviceName(label) == SimHub.name()
-    ]
+    labels = (
+        [hub_label]
+        if hub_label
+        else [
+            label
+            for label in core.getLoadedDevices()
+            if core.isPyDevice(label) and core.getDeviceName(label) == SimHub.name()
+        ]
+    )
     if len(labels) != 1:
         raise DeviceError(
             f"expected one SimHub in the loaded configuration, found {len(labels)}"
@@ -130,20 +138,33 @@ class _OnWorld:
         return hub.world
 
 
+def _culture_limits(info: FieldInfo) -> tuple[float, float] | None:
+    bounds: dict[str, float] = {}
+    for meta in info.metadata:
+        for attr in ("ge", "gt", "le", "lt"):
+            if (value := getattr(meta, attr, None)) is not None:
+                bounds["low" if attr[0] == "g" else "high"] = float(value)
+    if len(bounds) < 2:
+        return None
+    return bounds["low"], bounds["high"]
+
+
 def _register_culture_properties(hub: SimHub) -> None:
-    for name, field in CultureParams.model_fields.items():
-        limits = [None, None]
-        for meta in field.metadata:
-            for attr, i in (("ge", 0), ("gt", 0), ("le", 1), ("lt", 1)):
-                if getattr(meta, attr, None) is not None:
-                    limits[i] = getattr(meta, attr)
-        assert field.alias is not None
+    for name, info in CultureParams.model_fields.items():
+        assert info.alias is not None
+
+        def getter(dev: SimHub, n: str = name) -> Any:
+            return getattr(dev.params, n)
+
+        def setter(dev: SimHub, value: Any, n: str = name) -> None:
+            dev.set_culture_parameter(n, value)
+
         hub.register_property(
-            name=field.alias,
-            getter=lambda dev, n=name: getattr(dev.params, n),
-            setter=lambda dev, value, n=name: dev.set_culture_parameter(n, value),
-            limits=(limits[0], limits[1]) if None not in limits else None,
-            property_type=int if field.annotation is int else float,
+            name=info.alias,
+            getter=getter,
+            setter=setter,
+            limits=_culture_limits(info),
+            property_type=int if info.annotation is int else float,
         )
 
 
@@ -197,7 +218,9 @@ class SimHub(HubDevice):
         with self._start_lock:
             if self._world is None:
                 self._world = World(
-                    self._params, speedup=self._speedup, clock=self._clock,
+                    self._params,
+                    speedup=self._speedup,
+                    clock=self._clock,
                     light=self._rig.light,
                 )
             return self._world
@@ -221,7 +244,7 @@ class SimHub(HubDevice):
     # -- clock properties ---------------------------------------------------
 
     @pymm_property(limits=(1e-3, 1e7))
-    def SpeedUp(self) -> float:  # noqa: N802 (Micro-Manager property name)
+    def SpeedUp(self) -> float:
         """Simulated seconds per wall-clock second (Clock=Wall)."""
         return self._speedup
 
@@ -232,7 +255,7 @@ class SimHub(HubDevice):
             self._world.speedup = self._speedup
 
     @pymm_property(allowed_values=[m.value for m in ClockMode])
-    def Clock(self) -> str:  # noqa: N802
+    def Clock(self) -> str:
         """`Wall`: time runs with the wall clock; `Manual`: set SimTime_s."""
         return self._clock.value
 
@@ -243,7 +266,7 @@ class SimHub(HubDevice):
             self._world.clock = self._clock
 
     @pymm_property(property_type=float)
-    def SimTime_s(self) -> float:  # noqa: N802
+    def SimTime_s(self) -> float:
         """Current simulated time; settable (forward only) with Clock=Manual."""
         # Reading must not start the world: the core reads every property
         # while loading, before the culture parameters are final.
@@ -254,12 +277,12 @@ class SimHub(HubDevice):
         self.world.set_time(float(value))
 
     @pymm_property(is_read_only=True)
-    def DeliveredDose_mJ(self) -> float:  # noqa: N802
+    def DeliveredDose_mJ(self) -> float:
         """Total light dose delivered to the sample so far."""
         return self.world.delivered_dose_mj if self._world else 0.0
 
     @pymm_property(is_read_only=True)
-    def Divisions(self) -> int:  # noqa: N802
+    def Divisions(self) -> int:
         """Number of divisions on the whole slide so far."""
         return len(self._world.culture.divisions) if self._world else 0
 
@@ -272,8 +295,10 @@ class SimLaser(_OnWorld, GenericDevice):
         self._max_mw = 100.0
         self._power_mw = 0.0
         self.register_property(
-            "PowerSetpoint_mW", getter=SimLaser._get_power,
-            setter=SimLaser._set_power, limits=(0.0, self._max_mw),
+            "PowerSetpoint_mW",
+            getter=SimLaser._get_power,
+            setter=SimLaser._set_power,
+            limits=(0.0, self._max_mw),
             property_type=float,
         )
 
@@ -291,7 +316,7 @@ class SimLaser(_OnWorld, GenericDevice):
         self.light.laser_power_mw = value
 
     @pymm_property(limits=(0.0, 10_000.0))
-    def MaxPower_mW(self) -> float:  # noqa: N802
+    def MaxPower_mW(self) -> float:
         """Highest power the setpoint accepts (a safety limit of the rig)."""
         return self._max_mw
 
@@ -306,7 +331,7 @@ class SimLaser(_OnWorld, GenericDevice):
         self.set_property_limits("PowerSetpoint_mW", (0.0, self._max_mw))
 
     @pymm_property(is_read_only=True)
-    def Wavelength_nm(self) -> float:  # noqa: N802
+    def Wavelength_nm(self) -> float:
         """Excitation wavelength."""
         return 488.0
 
@@ -317,18 +342,20 @@ class SimShutter(_OnWorld, ShutterDevice):
     def get_open(self) -> bool:
         return self.light.shutter_open
 
-    def set_open(self, open: bool) -> None:  # noqa: A002 (interface name)
+    def set_open(self, open: bool) -> None:
         self.light.shutter_open = bool(int(open))
 
     @pymm_property(limits=(0, 1), property_type=int)
-    def State(self) -> int:  # noqa: N802 (Micro-Manager's name)
+    def State(self) -> int:
         """1 when open, 0 when closed (usable in configuration groups)."""
         return int(self.light.shutter_open)
 
     @State.setter
     def _set_state(self, value: int) -> None:
         if float(value) not in (0.0, 1.0):
-            raise ConfigError(f"{self.get_label()}: State must be 0 or 1, got {value!r}")
+            raise ConfigError(
+                f"{self.get_label()}: State must be 0 or 1, got {value!r}"
+            )
         self.set_open(bool(int(float(value))))
 
 
@@ -439,12 +466,14 @@ class SimCamera(_OnWorld, SimpleCameraDevice):
         self._replace_sensor(gain_adu_per_e=float(value))
 
     def _replace_sensor(self, **changes: float) -> None:
-        fields = {f: getattr(self._sensor, f) for f in self._sensor.__dataclass_fields__}
+        fields = {
+            f: getattr(self._sensor, f) for f in self._sensor.__dataclass_fields__
+        }
         fields.update(changes)
         self._sensor = SensorModel(**fields)
 
     @pymm_property(limits=(0.0, 100.0))
-    def ReadNoise_e(self) -> float:  # noqa: N802
+    def ReadNoise_e(self) -> float:
         """RMS read noise in electrons."""
         return self._sensor.read_noise_e
 
@@ -453,7 +482,7 @@ class SimCamera(_OnWorld, SimpleCameraDevice):
         self._replace_sensor(read_noise_e=float(value))
 
     @pymm_property(limits=(0.01, 1.0))
-    def QuantumEfficiency(self) -> float:  # noqa: N802
+    def QuantumEfficiency(self) -> float:
         """Fraction of photons that become electrons."""
         return self._sensor.quantum_efficiency
 
@@ -462,7 +491,7 @@ class SimCamera(_OnWorld, SimpleCameraDevice):
         self._replace_sensor(quantum_efficiency=float(value))
 
     @pymm_property(limits=(100.0, 1e7))
-    def FullWell_e(self) -> float:  # noqa: N802
+    def FullWell_e(self) -> float:
         """Electrons at which a pixel saturates."""
         return self._sensor.full_well_e
 
@@ -471,7 +500,7 @@ class SimCamera(_OnWorld, SimpleCameraDevice):
         self._replace_sensor(full_well_e=float(value))
 
     @pymm_property(limits=(0.0, 1000.0))
-    def DarkCurrent_e_per_s(self) -> float:  # noqa: N802
+    def DarkCurrent_e_per_s(self) -> float:
         """Dark current in electrons per pixel per second."""
         return self._sensor.dark_e_per_s
 
@@ -480,7 +509,7 @@ class SimCamera(_OnWorld, SimpleCameraDevice):
         self._replace_sensor(dark_e_per_s=float(value))
 
     @pymm_property(limits=(8, 8192), property_type=int)
-    def SensorWidth(self) -> int:  # noqa: N802
+    def SensorWidth(self) -> int:
         """Sensor width in (unbinned) pixels."""
         return self._width
 
@@ -489,7 +518,7 @@ class SimCamera(_OnWorld, SimpleCameraDevice):
         self._width = self._checked_size(value)
 
     @pymm_property(limits=(8, 8192), property_type=int)
-    def SensorHeight(self) -> int:  # noqa: N802
+    def SensorHeight(self) -> int:
         """Sensor height in (unbinned) pixels."""
         return self._height
 
@@ -508,7 +537,7 @@ class SimCamera(_OnWorld, SimpleCameraDevice):
         return size
 
     @pymm_property(limits=(0.01, 100.0))
-    def PixelSize_um(self) -> float:  # noqa: N802
+    def PixelSize_um(self) -> float:
         """Size of one unbinned pixel in the sample plane."""
         return self._pixel_um
 
@@ -527,8 +556,10 @@ class SimCamera(_OnWorld, SimpleCameraDevice):
     def snap(self, buffer: NDArray[np.uint16]) -> Mapping[str, Any]:
         world = self.world
         photons, background, record = world.expose(
-            shape=self.sensor_shape(), binning=self._binning,
-            pixel_um=self._pixel_um, exposure_ms=self._exposure_ms,
+            shape=self.sensor_shape(),
+            binning=self._binning,
+            pixel_um=self._pixel_um,
+            exposure_ms=self._exposure_ms,
         )
         self._sensor.read(
             photons, background, self._exposure_ms, world.noise_rng, buffer

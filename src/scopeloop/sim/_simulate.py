@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import platform
+import threading
 import time
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -51,9 +52,7 @@ def load_core(config: Path) -> UniMMCore:
     if not config.is_file():
         raise ConfigError(f"configuration file not found: {config}")
     text = config.read_text(errors="replace")
-    python_only = not any(
-        line.startswith("Device,") for line in text.splitlines()
-    )
+    python_only = not any(line.startswith("Device,") for line in text.splitlines())
     if python_only:
         # Without C++ devices there is no Micro-Manager installation to find;
         # the core's complaint about that is noise.
@@ -75,7 +74,8 @@ def load_core(config: Path) -> UniMMCore:
 
 def _label_of(core: UniMMCore, cls: type) -> str:
     labels = [
-        d for d in core.getLoadedDevices()
+        d
+        for d in core.getLoadedDevices()
         if core.isPyDevice(d) and core.getDeviceName(d) == cls.__name__
     ]
     if len(labels) != 1:
@@ -90,7 +90,10 @@ def _grid(n: int, spacing_um: float) -> list[tuple[float, float]]:
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     return [
-        ((i % cols - (cols - 1) / 2) * spacing_um, (i // cols - (rows - 1) / 2) * spacing_um)
+        (
+            (i % cols - (cols - 1) / 2) * spacing_um,
+            (i // cols - (rows - 1) / 2) * spacing_um,
+        )
         for i in range(n)
     ]
 
@@ -139,6 +142,7 @@ def run_simulation(
     runner; ground truth goes to `ground_truth/`. If the acquisition is
     interrupted (Ctrl-C), what was acquired is still written, then the
     interruption is re-raised.
+
     """
     out = options.out
     if out.exists() and any(out.iterdir()):
@@ -155,7 +159,9 @@ def run_simulation(
 
 
 def _acquire(
-    core: UniMMCore, config: Path, options: SimulationOptions,
+    core: UniMMCore,
+    config: Path,
+    options: SimulationOptions,
     on_frame: Callable[[int, int], None] | None,
 ) -> SimulationSummary:
     hub = _label_of(core, SimHub)
@@ -172,11 +178,16 @@ def _acquire(
     z0 = world.params.sample_z_um
     positions = [
         useq.Position(x=x, y=y, z=z0, name=f"p{i:03d}")
-        for i, (x, y) in enumerate(_grid(options.positions, options.position_spacing_um))
+        for i, (x, y) in enumerate(
+            _grid(options.positions, options.position_spacing_um)
+        )
     ]
     z_plan = None
     if options.z_planes > 1:
-        z_plan = {"range": (options.z_planes - 1) * options.z_step_um, "step": options.z_step_um}
+        z_plan = {
+            "range": (options.z_planes - 1) * options.z_step_um,
+            "step": options.z_step_um,
+        }
     sequence = useq.MDASequence(
         time_plan={"interval": options.wall_interval_s, "loops": options.frames},
         stage_positions=positions,
@@ -204,11 +215,25 @@ def _acquire(
     core.mda.events.frameReady.connect(_frame_ready)
     started = time.perf_counter()
     interrupted: BaseException | None = None
+    # The runner works on its own thread so that Ctrl-C here cancels it
+    # cleanly: the writer closes and every acquired frame stays readable.
+    finished = threading.Event()
+    core.mda.events.sequenceFinished.connect(finished.set)
+    runner = core.run_mda(sequence, output=str(raw))
     try:
-        core.mda.run(sequence, output=str(raw))
-    except KeyboardInterrupt as e:
-        interrupted = e
+        # Event.wait, not Thread.join: a join interrupted by Ctrl-C can report
+        # the thread as finished while it still runs.
+        while not finished.is_set():
+            try:
+                finished.wait(timeout=0.1)
+            except KeyboardInterrupt as e:
+                interrupted = e
+                core.mda.cancel()
     finally:
+        while not finished.wait(timeout=0.1) and runner.is_alive():
+            pass
+        runner.join()
+        core.mda.events.sequenceFinished.disconnect(finished.set)
         core.mda.events.eventStarted.disconnect(_event_started)
         core.mda.events.frameReady.disconnect(_frame_ready)
     wall = time.perf_counter() - started
@@ -220,12 +245,16 @@ def _acquire(
             "exposures: ground truth cannot be matched"
         )
     frames = [
-        AcquiredFrame(frame=i.get("t", 0), position=i.get("p", 0), z=i.get("z", 0), exposure=e)
+        AcquiredFrame(
+            frame=i.get("t", 0), position=i.get("p", 0), z=i.get("z", 0), exposure=e
+        )
         for i, e in zip(acquired, exposures, strict=False)
     ]
     params = world.params
     counts = write_ground_truth(
-        out / "ground_truth", frames, world.culture.divisions,
+        out / "ground_truth",
+        frames,
+        world.culture.divisions,
         (params.slide_width_um, params.slide_height_um),
     )
     dead = int((world.culture.phases() == Phase.DEAD).sum())
@@ -241,13 +270,18 @@ def _acquire(
         finished=interrupted is None and len(frames) == planned,
         raw=str(raw.relative_to(out)),
     )
-    (out / "simulation.json").write_text(json.dumps({
-        "options": options.model_dump(mode="json"),
-        "config": str(config),
-        "culture": params.model_dump(mode="json", by_alias=True),
-        "versions": _versions(),
-        "summary": asdict(summary),
-    }, indent=2))
+    (out / "simulation.json").write_text(
+        json.dumps(
+            {
+                "options": options.model_dump(mode="json"),
+                "config": str(config),
+                "culture": params.model_dump(mode="json", by_alias=True),
+                "versions": _versions(),
+                "summary": asdict(summary),
+            },
+            indent=2,
+        )
+    )
     if interrupted is not None:
         raise interrupted
     return summary
