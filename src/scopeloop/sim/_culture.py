@@ -309,7 +309,9 @@ class Culture:
             d["spindle"][:] = axis if sign > 0 else (axis + np.pi) % (2 * np.pi)
             d["x"][:] = (c["x"][ready] + sign * half_gap * np.cos(axis)) % self.params.slide_width_um
             d["y"][:] = (c["y"][ready] + sign * half_gap * np.sin(axis)) % self.params.slide_height_um
-        for k, i in enumerate(ready):
+        # Record them in the order they happened (earliest first) within the step.
+        for k in np.argsort(-np.asarray(overshoot, dtype=float), kind="stable"):
+            i = ready[k]
             self.divisions.append(
                 Division(
                     time_s=float(self.time_s - overshoot[k]),

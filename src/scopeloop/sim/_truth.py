@@ -59,6 +59,13 @@ def _pixel_of(exposure: Exposure, x_um: float, y_um: float, slide: tuple[float, 
     return dy / exposure.pixel_um + rows / 2 - 0.5, dx / exposure.pixel_um + cols / 2 - 0.5
 
 
+def _daughter_in_image(exposure: Exposure, division: Division) -> bool:
+    view, (h, w) = exposure.nuclei, exposure.shape
+    mine = np.isin(view.ids, division.daughter_ids)
+    ys, xs = view.y_px[mine], view.x_px[mine]
+    return bool(np.any((ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)))
+
+
 def division_rows(
     frames: Sequence[AcquiredFrame], divisions: Sequence[Division],
     slide: tuple[float, float],
@@ -66,7 +73,10 @@ def division_rows(
     """One row per division seen: the first frame of a position showing the daughters.
 
     A division counts at a position when it happened after that position's
-    previous frame, no later than this frame, and its place is in the image.
+    previous frame, no later than this frame, and its place or the centre of
+    one of its daughters is in the image (so every daughter listed in
+    `nuclei.csv` has its division here, even at the border; `y`, `x` may then
+    lie just outside the image).
     """
     rows: list[dict[str, object]] = []
     per_position: dict[int, list[AcquiredFrame]] = {}
@@ -81,7 +91,7 @@ def division_rows(
             f = stack[k]
             y, x = _pixel_of(f.exposure, d.x_um, d.y_um, slide)
             h, w = f.exposure.shape
-            if not (0 <= y < h and 0 <= x < w):
+            if not ((0 <= y < h and 0 <= x < w) or _daughter_in_image(f.exposure, d)):
                 continue
             rows.append({
                 "frame": f.frame, "position": position, "y": round(y, 2),

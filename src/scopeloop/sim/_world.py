@@ -158,6 +158,10 @@ class World:
         record. Delivers the dose to the cells in the field (bleaching,
         phototoxicity) after the photons are counted.
         """
+        if not (math.isfinite(exposure_ms) and exposure_ms >= 0):
+            raise ConfigError(
+                f"exposure must be a finite number of ms >= 0, got {exposure_ms!r}"
+            )
         with self._lock:
             t = self.now()
             self.culture.advance_to(t)
