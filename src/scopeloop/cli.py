@@ -47,8 +47,17 @@ def _main(
     """Closed-loop smart microscopy."""
 
 
+_FLAGS = {
+    "out": "--out", "config": "--config", "frames": "--frames",
+    "interval_s": "--interval", "positions": "--positions",
+    "z_planes": "--z-planes", "z_step_um": "--z-step", "exposure_ms": "--exposure",
+    "laser_power_mw": "--power", "speedup": "--speedup", "seed": "--seed",
+    "output_format": "--format",
+}
+
+
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True, highlight=False)
     return typer.Exit(code=2)
 
 
@@ -110,8 +119,8 @@ def simulate(
     except ValidationError as e:
         raise _fail(
             "; ".join(
-                f"option {'.'.join(map(str, err['loc']))}={err.get('input')!r}: "
-                f"{err['msg']}"
+                f"{_FLAGS.get(str(err['loc'][0]), err['loc'][0])} "
+                f"{err.get('input')!r}: {err['msg']}"
                 for err in e.errors()
             )
         ) from None

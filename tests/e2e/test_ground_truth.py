@@ -183,11 +183,6 @@ def test_run_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
 
 
-@pytest.mark.xfail(
-    reason="with several positions ome-writers writes raw/raw_p000.ome.tiff, ... "
-    "but SimulationSummary.raw (and the CLI table) say raw.ome.tiff",
-    strict=False,
-)
 def test_summary_names_a_raw_stream_that_exists(
     short_run: tuple[Path, SimulationSummary],
 ) -> None:

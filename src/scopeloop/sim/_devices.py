@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from functools import cache
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import numpy as np
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from pymmcore_plus.experimental.unicore import (
     GenericDevice,
     HubDevice,
@@ -149,12 +150,19 @@ def _culture_limits(info: FieldInfo) -> tuple[float, float] | None:
     return bounds["low"], bounds["high"]
 
 
+@cache
+def _field_adapter(name: str) -> TypeAdapter[Any]:
+    """Validator of one culture parameter on its own (type and bounds)."""
+    info = CultureParams.model_fields[name]
+    return TypeAdapter(Annotated[info.annotation, *info.metadata])
+
+
 def _register_culture_properties(hub: SimHub) -> None:
     for name, info in CultureParams.model_fields.items():
         assert info.alias is not None
 
         def getter(dev: SimHub, n: str = name) -> Any:
-            return getattr(dev.params, n)
+            return dev._values[n]
 
         def setter(dev: SimHub, value: Any, n: str = name) -> None:
             dev.set_culture_parameter(n, value)
@@ -185,7 +193,7 @@ class SimHub(HubDevice):
 
     def __init__(self) -> None:
         super().__init__()
-        self._params = CultureParams()
+        self._values: dict[str, Any] = CultureParams().model_dump()
         self._world: World | None = None
         self._speedup = 1.0
         self._clock = ClockMode.WALL
@@ -209,8 +217,12 @@ class SimHub(HubDevice):
 
     @property
     def params(self) -> CultureParams:
-        """The culture parameters."""
-        return self._params
+        """The culture parameters (checked together)."""
+        try:
+            return CultureParams.model_validate(self._values)
+        except ValidationError as e:
+            msg = "; ".join(err["msg"] for err in e.errors())
+            raise ConfigError(f"{self.get_label()}: {msg}") from None
 
     @property
     def world(self) -> World:
@@ -218,7 +230,7 @@ class SimHub(HubDevice):
         with self._start_lock:
             if self._world is None:
                 self._world = World(
-                    self._params,
+                    self.params,
                     speedup=self._speedup,
                     clock=self._clock,
                     light=self._rig.light,
@@ -226,20 +238,27 @@ class SimHub(HubDevice):
             return self._world
 
     def set_culture_parameter(self, name: str, value: Any) -> None:
-        """Change one culture parameter; refused once the world has started."""
+        """Change one culture parameter; refused once the world has started.
+
+        The value is checked on its own here; checks between parameters (e.g.
+        DeathDose_mJ > ArrestDose_mJ) run when the world starts, so the order
+        of the configuration lines does not matter.
+        """
+        info = CultureParams.model_fields[name]
         if self._world is not None:
             raise ConfigError(
                 f"{self.get_label()}: culture parameters are fixed once the world "
-                f"has started; cannot set {CultureParams.model_fields[name].alias}="
-                f"{value!r} (reload the configuration to start a new culture)"
+                f"has started; cannot set {info.alias}={value!r} (reload the "
+                "configuration to start a new culture)"
             )
-        data = self._params.model_dump()
-        data[name] = value
         try:
-            self._params = CultureParams.model_validate(data)
+            checked = _field_adapter(name).validate_python(value)
         except ValidationError as e:
             msg = "; ".join(err["msg"] for err in e.errors())
-            raise ConfigError(f"{self.get_label()}: {msg}") from None
+            raise ConfigError(
+                f"{self.get_label()}: {info.alias}={value!r}: {msg}"
+            ) from None
+        self._values[name] = checked
 
     # -- clock properties ---------------------------------------------------
 
@@ -418,6 +437,8 @@ class SimFocus(_OnWorld, StageDevice):
 class SimCamera(_OnWorld, SimpleCameraDevice):
     """16-bit camera with shot noise, read noise, offset, gain and saturation."""
 
+    EXPOSURE_LIMITS_MS: ClassVar[tuple[float, float]] = (0.01, 60_000.0)
+
     def __init__(self) -> None:
         super().__init__()
         self._exposure_ms = 50.0
@@ -427,7 +448,7 @@ class SimCamera(_OnWorld, SimpleCameraDevice):
         self._pixel_um = 0.5
         self._sensor = SensorModel()
         self.set_property_limits("Binning", (1, 8))
-        self.set_property_limits("Exposure", (0.01, 60_000.0))
+        self.set_property_limits("Exposure", self.EXPOSURE_LIMITS_MS)
         self.set_property_limits("Offset", (0.0, 10_000.0))
         self.set_property_limits("Gain", (0.01, 100.0))
 
@@ -437,7 +458,15 @@ class SimCamera(_OnWorld, SimpleCameraDevice):
         return self._exposure_ms
 
     def set_exposure(self, exposure: float) -> None:
-        self._exposure_ms = float(exposure)
+        # core.setExposure() reaches here without the property's limits.
+        value = float(exposure)
+        low, high = self.EXPOSURE_LIMITS_MS
+        if not low <= value <= high:
+            raise LimitError(
+                f"{self.get_label()}: Exposure={exposure!r} ms is outside "
+                f"{low}..{high} ms"
+            )
+        self._exposure_ms = value
 
     def get_binning(self) -> int:
         return self._binning
@@ -538,7 +567,11 @@ class SimCamera(_OnWorld, SimpleCameraDevice):
 
     @pymm_property(limits=(0.01, 100.0))
     def PixelSize_um(self) -> float:
-        """Size of one unbinned pixel in the sample plane."""
+        """Size of one unbinned pixel in the sample plane.
+
+        The core's pixel size comes from the configuration's PixelSize_um
+        preset: keep the two equal.
+        """
         return self._pixel_um
 
     @PixelSize_um.setter

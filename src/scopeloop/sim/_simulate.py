@@ -53,23 +53,26 @@ def load_core(config: Path) -> UniMMCore:
         raise ConfigError(f"configuration file not found: {config}")
     text = config.read_text(errors="replace")
     python_only = not any(line.startswith("Device,") for line in text.splitlines())
+    # Without C++ devices there is no Micro-Manager installation to find; the
+    # core's complaint about that is noise.
+    logger = logging.getLogger("pymmcore-plus")
+    level = logger.level
     if python_only:
-        # Without C++ devices there is no Micro-Manager installation to find;
-        # the core's complaint about that is noise.
-        logger = logging.getLogger("pymmcore-plus")
-        level = logger.level
         logger.setLevel(logging.CRITICAL)
-        try:
-            core = UniMMCore()
-        finally:
-            logger.setLevel(level)
-    else:
+    try:
         core = UniMMCore()
+    finally:
+        logger.setLevel(level)
     try:
         core.loadSystemConfiguration(str(config))
     except Exception as e:  # the loader wraps everything in RuntimeError
-        raise ConfigError(f"cannot load {config}: {e}") from e
-    return core
+        message = f"cannot load {config}: {e}"
+    else:
+        return core
+    # Release the half-loaded core here, on this thread, not from a traceback.
+    del core
+    gc.collect()
+    raise ConfigError(message)
 
 
 def _label_of(core: UniMMCore, cls: type) -> str:
@@ -112,6 +115,17 @@ class SimulationSummary:
     wall_time_s: float
     finished: bool
     raw: str
+
+
+def _written_raw(out: Path, raw: Path) -> str:
+    """Where the writer put the raw stream, relative to `out`.
+
+    ome-writers writes `raw` itself for one position, and a folder of files
+    (`raw/raw_p000.ome.tiff`, ...) for several.
+    """
+    if raw.exists():
+        return raw.name
+    return raw.name.split(".")[0] + "/"
 
 
 def _versions() -> dict[str, str]:
@@ -268,7 +282,7 @@ def _acquire(
         sim_time_h=round(world.now() / 3600, 3),
         wall_time_s=round(wall, 3),
         finished=interrupted is None and len(frames) == planned,
-        raw=str(raw.relative_to(out)),
+        raw=_written_raw(out, raw),
     )
     (out / "simulation.json").write_text(
         json.dumps(
