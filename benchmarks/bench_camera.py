@@ -243,7 +243,10 @@ def _fmt(x: float | None) -> str:
 
 
 def print_table(
-    size: int, frames: int, repeats: int, result: dict[str, Any],
+    size: int,
+    frames: int,
+    repeats: int,
+    result: dict[str, Any],
     out: Callable[[str], None],
 ) -> None:
     rows: dict[str, Row] = result["rows"]
@@ -298,7 +301,9 @@ def machine() -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
-        "--frames", type=int, default=None,
+        "--frames",
+        type=int,
+        default=None,
         help="frames per run for every size (default: 200 at 512, 30 at 2048, "
         "100 otherwise)",
     )
@@ -306,11 +311,16 @@ def main(argv: list[str] | None = None) -> int:
         "--repeats", type=int, default=5, help="timed runs per row (default 5)"
     )
     p.add_argument(
-        "--sizes", type=int, nargs="+", default=[512, 2048],
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[512, 2048],
         help="square sensor sizes in pixels (default: 512 2048)",
     )
     p.add_argument(
-        "--exposure-ms", type=float, default=None,
+        "--exposure-ms",
+        type=float,
+        default=None,
         help="camera exposure (default: demo.cfg's, 50 ms); no camera sleeps, it "
         "only changes the photon counts of the simulated frames",
     )
@@ -323,10 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         print(line, flush=True)
 
     m = machine()
-    out(
-        "bench_camera: "
-        + ", ".join(f"{k} {v}" for k, v in m.items())
-    )
+    out("bench_camera: " + ", ".join(f"{k} {v}" for k, v in m.items()))
     started = time.perf_counter()
     results: dict[str, Any] = {"machine": m, "sizes": {}}
     for size in args.sizes:

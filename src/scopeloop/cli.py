@@ -48,10 +48,17 @@ def _main(
 
 
 _FLAGS = {
-    "out": "--out", "config": "--config", "frames": "--frames",
-    "interval_s": "--interval", "positions": "--positions",
-    "z_planes": "--z-planes", "z_step_um": "--z-step", "exposure_ms": "--exposure",
-    "laser_power_mw": "--power", "speedup": "--speedup", "seed": "--seed",
+    "out": "--out",
+    "config": "--config",
+    "frames": "--frames",
+    "interval_s": "--interval",
+    "positions": "--positions",
+    "z_planes": "--z-planes",
+    "z_step_um": "--z-step",
+    "exposure_ms": "--exposure",
+    "laser_power_mw": "--power",
+    "speedup": "--speedup",
+    "seed": "--seed",
     "output_format": "--format",
 }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -103,7 +103,7 @@ class Culture:
             p.density_per_mm2 * p.slide_width_um * p.slide_height_um / 1e6
         )
         self._m = p.mitosis_min * 60.0
-        self.cells: dict[str, NDArray[np.generic]] = self._new_cells(n)
+        self.cells: dict[str, NDArray[Any]] = self._new_cells(n)
         self.x[:] = self.rng.uniform(0, p.slide_width_um, n)
         self.y[:] = self.rng.uniform(0, p.slide_height_um, n)
         # Steady-state age distribution of an exponentially growing population:
@@ -116,7 +116,7 @@ class Culture:
 
     # -- construction -------------------------------------------------------
 
-    def _new_cells(self, n: int) -> dict[str, NDArray[np.generic]]:
+    def _new_cells(self, n: int) -> dict[str, NDArray[Any]]:
         p, rng = self.params, self.rng
         ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
         self._next_id += n
@@ -150,17 +150,17 @@ class Culture:
     @property
     def x(self) -> NDArray[np.float64]:
         """Centre x (um) of every nucleus, wrapped onto the slide."""
-        return self.cells["x"]  # type: ignore[return-value]
+        return self.cells["x"]
 
     @property
     def y(self) -> NDArray[np.float64]:
         """Centre y (um) of every nucleus, wrapped onto the slide."""
-        return self.cells["y"]  # type: ignore[return-value]
+        return self.cells["y"]
 
     @property
     def ids(self) -> NDArray[np.int64]:
         """Unique id of every nucleus (never reused)."""
-        return self.cells["id"]  # type: ignore[return-value]
+        return self.cells["id"]
 
     def __len__(self) -> int:
         return int(self.ids.size)
@@ -182,7 +182,7 @@ class Culture:
             Phase.PROPHASE
         )
         phase[to_division <= METAPHASE_FRACTION * m] = Phase.METAPHASE
-        phase[~np.isnan(c["dead_s"])] = Phase.DEAD  # type: ignore[call-overload]
+        phase[~np.isnan(c["dead_s"])] = Phase.DEAD
         return phase
 
     def _shapes(
@@ -229,7 +229,9 @@ class Culture:
             bright[ana], tex[ana] = 2.5, 0.3
         telo = ph == Phase.TELOPHASE
         if telo.any():
-            q = np.clip((age[telo] - ANAPHASE_FRACTION * m) / (TELOPHASE_FRACTION * m), 0, 1)
+            q = np.clip(
+                (age[telo] - ANAPHASE_FRACTION * m) / (TELOPHASE_FRACTION * m), 0, 1
+            )
             a[telo] = 0.26 * rmo[telo] + (r[telo] - 0.26 * rmo[telo]) * q
             b[telo] = 0.75 * rmo[telo] + (r[telo] - 0.75 * rmo[telo]) * q
             angle[telo] = c["spindle"][idx][telo]
@@ -253,7 +255,7 @@ class Culture:
     def _step(self, dt: float) -> None:
         c, p, rng = self.cells, self.params, self.rng
         n = len(self)
-        alive = np.isnan(c["dead_s"])  # type: ignore[call-overload]
+        alive = np.isnan(c["dead_s"])
         phase = self.phases()
         # Arrested cells (dose past ArrestDose) stay in interphase: their clock
         # stops before mitosis, as in a DNA-damage G2 arrest.
@@ -286,7 +288,7 @@ class Culture:
     def _divide(self) -> None:
         c = self.cells
         ready = np.flatnonzero(
-            np.isnan(c["dead_s"]) & (c["age_s"] >= c["cycle_s"])  # type: ignore[call-overload]
+            np.isnan(c["dead_s"]) & (c["age_s"] >= c["cycle_s"])
         )
         if ready.size == 0:
             return
@@ -307,8 +309,12 @@ class Culture:
             d["dose_mj"][:] = c["dose_mj"][ready]
             d["arrested"][:] = c["arrested"][ready]
             d["spindle"][:] = axis if sign > 0 else (axis + np.pi) % (2 * np.pi)
-            d["x"][:] = (c["x"][ready] + sign * half_gap * np.cos(axis)) % self.params.slide_width_um
-            d["y"][:] = (c["y"][ready] + sign * half_gap * np.sin(axis)) % self.params.slide_height_um
+            d["x"][:] = (
+                c["x"][ready] + sign * half_gap * np.cos(axis)
+            ) % self.params.slide_width_um
+            d["y"][:] = (
+                c["y"][ready] + sign * half_gap * np.sin(axis)
+            ) % self.params.slide_height_um
         # Record them in the order they happened (earliest first) within the step.
         for k in np.argsort(-np.asarray(overshoot, dtype=float), kind="stable"):
             i = ready[k]
@@ -354,14 +360,18 @@ class Culture:
             shift = np.zeros_like(pts)
             np.add.at(shift, i[hit], -push)
             np.add.at(shift, j[hit], push)
-            movable = np.isnan(c["dead_s"])[:, None]  # type: ignore[call-overload]
+            movable = np.isnan(c["dead_s"])[:, None]
             c["x"] = (c["x"] + shift[:, 0] * movable[:, 0]) % box[0]
             c["y"] = (c["y"] + shift[:, 1] * movable[:, 0]) % box[1]
 
     # -- light --------------------------------------------------------------
 
     def in_field(
-        self, centre_x_um: float, centre_y_um: float, width_um: float, height_um: float,
+        self,
+        centre_x_um: float,
+        centre_y_um: float,
+        width_um: float,
+        height_um: float,
         margin_um: float = 0.0,
     ) -> tuple[NDArray[np.intp], NDArray[np.float64], NDArray[np.float64]]:
         """Indices of nuclei in a field, and their offsets (um) from its centre.
@@ -369,8 +379,12 @@ class Culture:
         The slide wraps around, so offsets are taken modulo the slide size.
         """
         p = self.params
-        dx = (self.x - centre_x_um + p.slide_width_um / 2) % p.slide_width_um - p.slide_width_um / 2
-        dy = (self.y - centre_y_um + p.slide_height_um / 2) % p.slide_height_um - p.slide_height_um / 2
+        dx = (
+            self.x - centre_x_um + p.slide_width_um / 2
+        ) % p.slide_width_um - p.slide_width_um / 2
+        dy = (
+            self.y - centre_y_um + p.slide_height_um / 2
+        ) % p.slide_height_um - p.slide_height_um / 2
         inside = (np.abs(dx) <= width_um / 2 + margin_um) & (
             np.abs(dy) <= height_um / 2 + margin_um
         )
@@ -378,7 +392,11 @@ class Culture:
         return idx, dx[idx], dy[idx]
 
     def illuminate(
-        self, centre_x_um: float, centre_y_um: float, width_um: float, height_um: float,
+        self,
+        centre_x_um: float,
+        centre_y_um: float,
+        width_um: float,
+        height_um: float,
         dose_mj: float,
     ) -> int:
         """Deliver `dose_mj` to every nucleus whose centre is in the field.
@@ -393,14 +411,17 @@ class Culture:
         c["dose_mj"][idx] += dose_mj
         c["fluor"][idx] *= math.exp(-dose_mj / p.bleach_dose_mj)
         c["arrested"][idx] |= c["dose_mj"][idx] >= p.arrest_dose_mj
-        dying = idx[(c["dose_mj"][idx] >= p.death_dose_mj) & np.isnan(c["dead_s"][idx])]  # type: ignore[call-overload]
+        dying = idx[(c["dose_mj"][idx] >= p.death_dose_mj) & np.isnan(c["dead_s"][idx])]
         c["dead_s"][dying] = self.time_s
         return int(idx.size)
 
     # -- what the camera sees -----------------------------------------------
 
     def view(
-        self, centre_x_um: float, centre_y_um: float, shape: tuple[int, int],
+        self,
+        centre_x_um: float,
+        centre_y_um: float,
+        shape: tuple[int, int],
         pixel_um: float,
     ) -> NucleiView:
         """The nuclei visible in a field of `shape` pixels centred on the stage."""

@@ -154,7 +154,7 @@ def _culture_limits(info: FieldInfo) -> tuple[float, float] | None:
 def _field_adapter(name: str) -> TypeAdapter[Any]:
     """Validator of one culture parameter on its own (type and bounds)."""
     info = CultureParams.model_fields[name]
-    return TypeAdapter(Annotated[info.annotation, *info.metadata])
+    return TypeAdapter(Annotated[info.annotation, *info.metadata])  # type: ignore[arg-type]
 
 
 def _register_culture_properties(hub: SimHub) -> None:

@@ -30,12 +30,15 @@ def _texture_bank(n: int = 32) -> NDArray[np.float32]:
     bank = fine - 0.7 * coarse
     bank -= bank.mean(axis=(1, 2), keepdims=True)
     bank /= bank.std(axis=(1, 2), keepdims=True)
-    return bank.astype(np.float32)
+    return np.asarray(bank, np.float32)
 
 
 def _patch(
     view: NucleiView, k: int, shape: tuple[int, int], grow: float = 1.0
-) -> tuple[slice, slice, NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]] | None:
+) -> (
+    tuple[slice, slice, NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]
+    | None
+):
     """Pixel window around nucleus `k` with its rotated coordinates and radius."""
     h, w = shape
     a, b = view.a_px[k], view.b_px[k]
@@ -98,7 +101,9 @@ def render_labels(view: NucleiView, shape: tuple[int, int]) -> NDArray[np.uint32
 
 
 def blur_for_defocus(
-    image: NDArray[np.float32], defocus_um: float, depth_of_field_um: float,
+    image: NDArray[np.float32],
+    defocus_um: float,
+    depth_of_field_um: float,
     pixel_um: float,
 ) -> NDArray[np.float32]:
     """Blur `image` as a widefield microscope defocused by `defocus_um` would."""

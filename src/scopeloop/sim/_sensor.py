@@ -35,9 +35,10 @@ def _background_quantiles(mean_e: float, read_noise_e: float) -> NDArray[np.floa
     levels = (np.arange(2**_LUT_BITS, dtype=np.float64) + 0.5) / 2**_LUT_BITS
     if mean_e > _NORMAL_ABOVE:
         sd = np.sqrt(mean_e + read_noise_e**2)
-        return (mean_e + sd * special.ndtri(levels)).astype(np.float32)
+        quantiles = mean_e + sd * special.ndtri(levels)
+        return np.asarray(quantiles, np.float32)
     if read_noise_e < 1e-3:
-        return stats.poisson.ppf(levels, mean_e).astype(np.float32)
+        return np.asarray(stats.poisson.ppf(levels, mean_e), np.float32)
     k_hi = int(mean_e + 10 * np.sqrt(mean_e) + 10)
     k = np.arange(k_hi + 1)
     pmf = stats.poisson.pmf(k, mean_e)
@@ -48,7 +49,7 @@ def _background_quantiles(mean_e: float, read_noise_e: float) -> NDArray[np.floa
         if pk > 1e-15:
             cdf += pk * special.ndtr((x - kk) / read_noise_e)
     cdf, first = np.unique(cdf, return_index=True)
-    return np.interp(levels, cdf, x[first]).astype(np.float32)
+    return np.asarray(np.interp(levels, cdf, x[first]), np.float32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,7 @@ class SensorModel:
             Random generator; the same state gives the same frame.
         out
             Buffer the frame is written into (shape of `photons`).
+
         """
         qe = self.quantum_efficiency
         mean_bg = qe * background_photons + self.dark_e_per_s * exposure_ms / 1000

@@ -23,11 +23,26 @@ __all__ = ["AcquiredFrame", "division_rows", "write_ground_truth"]
 
 NUCLEI_COLUMNS = ("frame", "position", "id", "y", "x", "phase", "dose_mj", "sim_time_s")
 DIVISION_COLUMNS = (
-    "frame", "position", "y", "x", "sim_time_s", "mother_id", "daughter_ids",
+    "frame",
+    "position",
+    "y",
+    "x",
+    "sim_time_s",
+    "mother_id",
+    "daughter_ids",
 )
 FRAME_COLUMNS = (
-    "index", "frame", "position", "z", "sim_time_s", "stage_x_um", "stage_y_um",
-    "focus_um", "exposure_ms", "laser_power_mw", "dose_mj",
+    "index",
+    "frame",
+    "position",
+    "z",
+    "sim_time_s",
+    "stage_x_um",
+    "stage_y_um",
+    "focus_um",
+    "exposure_ms",
+    "laser_power_mw",
+    "dose_mj",
 )
 
 
@@ -51,12 +66,17 @@ def _first_plane_per_frame(frames: Sequence[AcquiredFrame]) -> list[AcquiredFram
     return out
 
 
-def _pixel_of(exposure: Exposure, x_um: float, y_um: float, slide: tuple[float, float]) -> tuple[float, float]:
+def _pixel_of(
+    exposure: Exposure, x_um: float, y_um: float, slide: tuple[float, float]
+) -> tuple[float, float]:
     w, h = slide
     dx = (x_um - exposure.stage_x_um + w / 2) % w - w / 2
     dy = (y_um - exposure.stage_y_um + h / 2) % h - h / 2
     rows, cols = exposure.shape
-    return dy / exposure.pixel_um + rows / 2 - 0.5, dx / exposure.pixel_um + cols / 2 - 0.5
+    return (
+        dy / exposure.pixel_um + rows / 2 - 0.5,
+        dx / exposure.pixel_um + cols / 2 - 0.5,
+    )
 
 
 def _daughter_in_image(exposure: Exposure, division: Division) -> bool:
@@ -67,7 +87,8 @@ def _daughter_in_image(exposure: Exposure, division: Division) -> bool:
 
 
 def division_rows(
-    frames: Sequence[AcquiredFrame], divisions: Sequence[Division],
+    frames: Sequence[AcquiredFrame],
+    divisions: Sequence[Division],
     slide: tuple[float, float],
 ) -> list[dict[str, object]]:
     """One row per division seen: the first frame of a position showing the daughters.
@@ -93,17 +114,24 @@ def division_rows(
             h, w = f.exposure.shape
             if not ((0 <= y < h and 0 <= x < w) or _daughter_in_image(f.exposure, d)):
                 continue
-            rows.append({
-                "frame": f.frame, "position": position, "y": round(y, 2),
-                "x": round(x, 2), "sim_time_s": round(d.time_s, 3),
-                "mother_id": d.mother_id,
-                "daughter_ids": ";".join(map(str, d.daughter_ids)),
-            })
-    rows.sort(key=lambda r: (r["frame"], r["position"]))  # type: ignore[arg-type,return-value]
+            rows.append(
+                {
+                    "frame": f.frame,
+                    "position": position,
+                    "y": round(y, 2),
+                    "x": round(x, 2),
+                    "sim_time_s": round(d.time_s, 3),
+                    "mother_id": d.mother_id,
+                    "daughter_ids": ";".join(map(str, d.daughter_ids)),
+                }
+            )
+    rows.sort(key=lambda r: (int(str(r["frame"])), int(str(r["position"]))))
     return rows
 
 
-def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, object]]) -> None:
+def _write_csv(
+    path: Path, columns: Sequence[str], rows: Sequence[dict[str, object]]
+) -> None:
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
@@ -111,7 +139,9 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, obje
 
 
 def write_ground_truth(
-    folder: Path, frames: Sequence[AcquiredFrame], divisions: Sequence[Division],
+    folder: Path,
+    frames: Sequence[AcquiredFrame],
+    divisions: Sequence[Division],
     slide: tuple[float, float],
 ) -> dict[str, int]:
     """Write `frames.csv`, `nuclei.csv`, `divisions.csv` and label images.
@@ -121,30 +151,44 @@ def write_ground_truth(
     every plane of a z-stack). Returns counts of what was written.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    _write_csv(folder / "frames.csv", FRAME_COLUMNS, [
-        {
-            "index": f.exposure.index, "frame": f.frame, "position": f.position,
-            "z": f.z, "sim_time_s": round(f.exposure.time_s, 3),
-            "stage_x_um": f.exposure.stage_x_um, "stage_y_um": f.exposure.stage_y_um,
-            "focus_um": f.exposure.focus_um, "exposure_ms": f.exposure.exposure_ms,
-            "laser_power_mw": f.exposure.laser_power_mw,
-            "dose_mj": round(f.exposure.dose_mj, 6),
-        }
-        for f in frames
-    ])
+    _write_csv(
+        folder / "frames.csv",
+        FRAME_COLUMNS,
+        [
+            {
+                "index": f.exposure.index,
+                "frame": f.frame,
+                "position": f.position,
+                "z": f.z,
+                "sim_time_s": round(f.exposure.time_s, 3),
+                "stage_x_um": f.exposure.stage_x_um,
+                "stage_y_um": f.exposure.stage_y_um,
+                "focus_um": f.exposure.focus_um,
+                "exposure_ms": f.exposure.exposure_ms,
+                "laser_power_mw": f.exposure.laser_power_mw,
+                "dose_mj": round(f.exposure.dose_mj, 6),
+            }
+            for f in frames
+        ],
+    )
     nuclei_rows: list[dict[str, object]] = []
     labels: dict[int, list[np.ndarray]] = {}
     for f in _first_plane_per_frame(frames):
         view, (h, w) = f.exposure.nuclei, f.exposure.shape
         inside = (view.y_px >= 0) & (view.y_px < h) & (view.x_px >= 0) & (view.x_px < w)
         for k in np.flatnonzero(inside):
-            nuclei_rows.append({
-                "frame": f.frame, "position": f.position, "id": int(view.ids[k]),
-                "y": round(float(view.y_px[k]), 2), "x": round(float(view.x_px[k]), 2),
-                "phase": Phase(int(view.phase[k])).label,
-                "dose_mj": round(float(view.dose_mj[k]), 6),
-                "sim_time_s": round(f.exposure.time_s, 3),
-            })
+            nuclei_rows.append(
+                {
+                    "frame": f.frame,
+                    "position": f.position,
+                    "id": int(view.ids[k]),
+                    "y": round(float(view.y_px[k]), 2),
+                    "x": round(float(view.x_px[k]), 2),
+                    "phase": Phase(int(view.phase[k])).label,
+                    "dose_mj": round(float(view.dose_mj[k]), 6),
+                    "sim_time_s": round(f.exposure.time_s, 3),
+                }
+            )
         labels.setdefault(f.position, []).append(render_labels(view, f.exposure.shape))
     _write_csv(folder / "nuclei.csv", NUCLEI_COLUMNS, nuclei_rows)
     division_table = division_rows(frames, divisions, slide)
@@ -154,11 +198,16 @@ def write_ground_truth(
     pixel_um = frames[0].exposure.pixel_um if frames else 1.0
     for position, stack in labels.items():
         tifffile.imwrite(
-            label_dir / f"labels_p{position:03d}.ome.tiff", np.stack(stack),
-            ome=True, compression="zlib",
+            label_dir / f"labels_p{position:03d}.ome.tiff",
+            np.stack(stack),
+            ome=True,
+            compression="zlib",
             metadata={
-                "axes": "TYX", "PhysicalSizeX": pixel_um, "PhysicalSizeY": pixel_um,
-                "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm",
+                "axes": "TYX",
+                "PhysicalSizeX": pixel_um,
+                "PhysicalSizeY": pixel_um,
+                "PhysicalSizeXUnit": "µm",
+                "PhysicalSizeYUnit": "µm",
             },
         )
     return {"nuclei_rows": len(nuclei_rows), "divisions": len(division_table)}

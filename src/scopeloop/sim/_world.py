@@ -76,8 +76,12 @@ class World:
     """
 
     def __init__(
-        self, params: CultureParams, *, speedup: float = 1.0,
-        clock: ClockMode = ClockMode.WALL, light: LightPath | None = None,
+        self,
+        params: CultureParams,
+        *,
+        speedup: float = 1.0,
+        clock: ClockMode = ClockMode.WALL,
+        light: LightPath | None = None,
     ) -> None:
         self.params = params
         self.culture = Culture(params)
@@ -148,7 +152,11 @@ class World:
     # -- acquisition --------------------------------------------------------
 
     def expose(
-        self, *, shape: tuple[int, int], binning: int, pixel_um: float,
+        self,
+        *,
+        shape: tuple[int, int],
+        binning: int,
+        pixel_um: float,
         exposure_ms: float,
     ) -> tuple[NDArray[np.float32], float, Exposure]:
         """Expose the field under the objective.
@@ -172,8 +180,10 @@ class World:
             view = self.culture.view(lp.stage_x_um, lp.stage_y_um, shape, px)
             per_light = render_fluorescence(view, shape, px)
             per_light = blur_for_defocus(
-                per_light, lp.focus_um - self.params.sample_z_um,
-                self.params.depth_of_field_um, px,
+                per_light,
+                lp.focus_um - self.params.sample_z_um,
+                self.params.depth_of_field_um,
+                px,
             )
             per_light *= light * binning * binning
             background = self.params.background * light * binning * binning
