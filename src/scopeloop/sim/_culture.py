@@ -287,9 +287,7 @@ class Culture:
 
     def _divide(self) -> None:
         c = self.cells
-        ready = np.flatnonzero(
-            np.isnan(c["dead_s"]) & (c["age_s"] >= c["cycle_s"])
-        )
+        ready = np.flatnonzero(np.isnan(c["dead_s"]) & (c["age_s"] >= c["cycle_s"]))
         if ready.size == 0:
             return
         n = ready.size
