@@ -39,7 +39,6 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -47,6 +46,7 @@ import useq
 from pymmcore_plus.experimental.unicore import SimpleCameraDevice, UniMMCore
 
 import scopeloop.sim
+from scopeloop.versions import package_versions
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -284,18 +284,12 @@ def print_table(
 
 
 def machine() -> dict[str, str]:
-    out = {
-        "python": platform.python_version(),
+    return {
         "processor": platform.processor() or "(empty)",
         "machine": platform.machine(),
         "cpus": str(os.cpu_count()),
+        **package_versions(),
     }
-    for dist in ("pymmcore-plus", "useq-schema", "numpy", "scipy", "scopeloop"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,17 +6,16 @@ import gc
 import json
 import logging
 import math
-import platform
 import threading
 import time
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import useq
 
 from scopeloop.errors import ConfigError, DeviceError
+from scopeloop.versions import package_versions
 
 from ._culture import Phase
 from ._devices import SimHub, SimLaser, world_of
@@ -126,16 +125,6 @@ def _written_raw(out: Path, raw: Path) -> str:
     if raw.exists():
         return raw.name
     return raw.name.split(".")[0] + "/"
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for dist in ("scopeloop", "pymmcore-plus", "useq-schema", "ome-writers", "numpy"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
 
 
 def run_simulation(
@@ -290,7 +279,7 @@ def _acquire(
                 "options": options.model_dump(mode="json"),
                 "config": str(config),
                 "culture": params.model_dump(mode="json", by_alias=True),
-                "versions": _versions(),
+                "versions": package_versions(),
                 "summary": asdict(summary),
             },
             indent=2,
