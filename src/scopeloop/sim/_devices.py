@@ -113,16 +113,21 @@ def world_of(core: Any, hub_label: str | None = None) -> World:
 class _OnWorld:
     """Mixin: a peripheral of a SimHub, sharing its light path and world."""
 
+    _rig_of: tuple[str, _Rig] | None = None  # (parent label, its rig)
+
     @property
     def rig(self) -> _Rig:
         parent = self.get_parent_label()  # type: ignore[attr-defined]
+        if self._rig_of is not None and self._rig_of[0] == parent:
+            return self._rig_of[1]  # the lookup below is slow for every frame
         if not parent:
             label = self.get_label()  # type: ignore[attr-defined]
             raise DeviceError(
                 f"device {label!r} has no parent SimHub: add "
                 f"'#py Parent,{label},<SimHub label>' to the configuration"
             )
-        return _rig(_core_key(self), parent)
+        self._rig_of = (parent, _rig(_core_key(self), parent))
+        return self._rig_of[1]
 
     @property
     def light(self) -> LightPath:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import cache
 from typing import TYPE_CHECKING
 
@@ -9,6 +10,8 @@ import numpy as np
 from scipy import ndimage
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from numpy.typing import NDArray
 
     from ._culture import NucleiView
@@ -33,28 +36,44 @@ def _texture_bank(n: int = 32) -> NDArray[np.float32]:
     return np.asarray(bank, np.float32)
 
 
-def _patch(
-    view: NucleiView, k: int, shape: tuple[int, int], grow: float = 1.0
-) -> (
-    tuple[slice, slice, NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]
-    | None
-):
-    """Pixel window around nucleus `k` with its rotated coordinates and radius."""
+def _windows(
+    view: NucleiView, shape: tuple[int, int]
+) -> Iterator[tuple[int, slice, slice, NDArray[np.float32], NDArray[np.float32]]]:
+    """For each nucleus in the image: its index, pixel window and rotated coordinates.
+
+    `u` runs along the nucleus's `a` axis and `v` along `b`, in pixels from
+    its centre.
+    """
     h, w = shape
-    a, b = view.a_px[k], view.b_px[k]
-    yc, xc = view.y_px[k], view.x_px[k]
-    reach = max(a, b) * grow + 2
-    y0, y1 = max(int(yc - reach), 0), min(int(yc + reach) + 2, h)
-    x0, x1 = max(int(xc - reach), 0), min(int(xc + reach) + 2, w)
-    if y0 >= y1 or x0 >= x1:
-        return None
-    dy = np.arange(y0, y1, dtype=np.float64)[:, None] - yc
-    dx = np.arange(x0, x1, dtype=np.float64)[None, :] - xc
-    cos, sin = np.cos(view.angle_rad[k]), np.sin(view.angle_rad[k])
-    u = dx * cos + dy * sin
-    v = dy * cos - dx * sin
-    rho = np.sqrt((u / a) ** 2 + (v / b) ** 2)
-    return slice(y0, y1), slice(x0, x1), u, v, rho
+    rows = zip(
+        view.y_px.tolist(),
+        view.x_px.tolist(),
+        view.a_px.tolist(),
+        view.b_px.tolist(),
+        view.angle_rad.tolist(),
+        strict=True,
+    )
+    for k, (yc, xc, a, b, angle) in enumerate(rows):
+        reach = max(a, b) + 2
+        y0, y1 = max(int(yc - reach), 0), min(int(yc + reach) + 2, h)
+        x0, x1 = max(int(xc - reach), 0), min(int(xc + reach) + 2, w)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        dy = np.arange(y0 - yc, y1 - yc, dtype=np.float32)[:, None]
+        dx = np.arange(x0 - xc, x1 - xc, dtype=np.float32)[None, :]
+        cos, sin = np.float32(math.cos(angle)), np.float32(math.sin(angle))
+        u = dx * cos + dy * sin
+        v = dy * cos - dx * sin
+        yield k, slice(y0, y1), slice(x0, x1), u, v
+
+
+def _radius(
+    u: NDArray[np.float32], v: NDArray[np.float32], a: float, b: float
+) -> NDArray[np.float32]:
+    """Elliptical radius: 1 on the nucleus's edge."""
+    ua, vb = u * np.float32(1 / a), v * np.float32(1 / b)
+    rho: NDArray[np.float32] = np.sqrt(ua * ua + vb * vb)
+    return rho
 
 
 def render_fluorescence(
@@ -67,36 +86,33 @@ def render_fluorescence(
     """
     out = np.zeros(shape, np.float32)
     bank = _texture_bank()
-    scale = pixel_um / _TEXEL_UM
-    for k in range(len(view)):
-        if view.intensity[k] <= 0:
+    scale = np.float32(pixel_um / _TEXEL_UM)
+    a_px, b_px = view.a_px.tolist(), view.b_px.tolist()
+    intensity, contrast = view.intensity.tolist(), view.texture.tolist()
+    ids, tex_ids = view.ids.tolist(), view.texture_id.tolist()
+    for k, ys, xs, u, v in _windows(view, shape):
+        if intensity[k] <= 0:
             continue
-        win = _patch(view, k, shape)
-        if win is None:
-            continue
-        ys, xs, u, v, rho = win
-        edge = min(view.a_px[k], view.b_px[k]) / _EDGE_PX
-        profile = np.clip((1.0 - rho) * edge + 0.5, 0.0, 1.0)
-        profile *= 0.7 + 0.3 * np.sqrt(np.clip(1.0 - rho * rho, 0.0, 1.0))
-        seed = int(view.ids[k])
-        tu = (u * scale + seed * 17).astype(np.int64) % _TEX
-        tv = (v * scale + seed * 29).astype(np.int64) % _TEX
-        tex = bank[int(view.texture_id[k]) % bank.shape[0]][tv, tu]
-        signal = profile * np.maximum(1.0 + view.texture[k] * tex, 0.0)
-        out[ys, xs] += (view.intensity[k] * signal).astype(np.float32)
+        rho = _radius(u, v, a_px[k], b_px[k])
+        edge = np.float32(min(a_px[k], b_px[k]) / _EDGE_PX)
+        profile = np.minimum(np.maximum((1 - rho) * edge + 0.5, 0), 1)
+        dome = np.sqrt(np.maximum(1 - rho * rho, 0))
+        profile *= dome * np.float32(0.3) + np.float32(0.7)
+        tu = (u * scale + ids[k] * 17).astype(np.int64) & (_TEX - 1)
+        tv = (v * scale + ids[k] * 29).astype(np.int64) & (_TEX - 1)
+        tex = bank[tex_ids[k] % bank.shape[0]][tv, tu]
+        texture = np.maximum(tex * np.float32(contrast[k]) + 1, 0)
+        out[ys, xs] += profile * texture * np.float32(intensity[k])
     return out
 
 
 def render_labels(view: NucleiView, shape: tuple[int, int]) -> NDArray[np.uint32]:
     """Instance labels (value = nucleus id) of the nuclei in `view`."""
     out = np.zeros(shape, np.uint32)
-    for k in range(len(view)):
-        win = _patch(view, k, shape)
-        if win is None:
-            continue
-        ys, xs, _, _, rho = win
-        inside = rho < 1.0
-        out[ys, xs][inside] = view.ids[k]
+    a_px, b_px, ids = view.a_px.tolist(), view.b_px.tolist(), view.ids.tolist()
+    for k, ys, xs, u, v in _windows(view, shape):
+        inside = _radius(u, v, a_px[k], b_px[k]) < 1.0
+        out[ys, xs][inside] = ids[k]
     return out
 
 
