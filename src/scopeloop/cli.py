@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.live import Live
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -170,6 +171,115 @@ def simulate(
     table.add_row("raw stream", summary.raw)
     table.add_row("ground truth", "ground_truth/ (frames, nuclei, divisions, labels)")
     Console().print(table)
+
+
+def _default_plan() -> Path:
+    return Path(__file__).parent / "plans" / "demo.yaml"
+
+
+@app.command()
+def run(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Micro-Manager configuration [default: hardware_configs/demo.cfg]."
+        ),
+    ] = None,
+    plan: Annotated[
+        Path | None,
+        typer.Option(
+            help="Session plan (YAML) [default: the bundled plans/demo.yaml]."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Run folder (new or empty) [default: under the plan's output root].",
+        ),
+    ] = None,
+    worker: Annotated[
+        str | None,
+        typer.Option(
+            help="Address to stream frames on, e.g. tcp://127.0.0.1:5555, or "
+            "'none' [default: the plan's]."
+        ),
+    ] = None,
+) -> None:
+    """Acquire a plan on a rig, stream every frame to workers, keep everything."""
+    from scopeloop.config import load_plan
+    from scopeloop.controller import RunStatus, run_session
+    from scopeloop.hardware import default_config
+
+    plan_path = plan or _default_plan()
+    try:
+        session_plan = load_plan(plan_path)
+    except ScopeloopError as e:
+        raise _fail(str(e)) from None
+
+    def render(status: RunStatus) -> Table:
+        table = Table(show_header=False, box=None)
+        table.add_row(
+            "frames",
+            f"{status.frames}  ({status.frames_per_s:.1f}/s, {status.elapsed_s:.0f} s)",
+        )
+        s = status.stream
+        if s is not None:
+            table.add_row("workers", str(s.workers))
+            table.add_row("queue", f"{s.queue_depth} waiting, {s.in_flight} in flight")
+            table.add_row(
+                "analysed / skipped / lost", f"{s.results} / {s.skipped} / {s.lost}"
+            )
+            latency = (
+                "-"
+                if status.latency_p50_ms is None
+                else f"{status.latency_p50_ms:.0f} ms"
+            )
+            table.add_row("latency p50", latency)
+        return table
+
+    live = Live(console=console, refresh_per_second=4, transient=True)
+    live.start()
+    try:
+        summary = run_session(
+            config or default_config(),
+            session_plan,
+            plan_file=plan_path,
+            out=out,
+            worker=worker,
+            on_tick=lambda status: live.update(render(status)),
+        )
+    except ScopeloopError as e:
+        live.stop()
+        raise _fail(str(e)) from None
+    finally:
+        live.stop()
+
+    table = Table(
+        title=f"run {summary.finish_reason} -> {summary.folder}", show_header=False
+    )
+    table.add_row(
+        "frames",
+        f"{summary.frames} at {summary.frames_per_s:.1f}/s "
+        f"over {summary.elapsed_s:.1f} s",
+    )
+    table.add_row("positions", str(summary.positions))
+    table.add_row("dose delivered", f"{summary.delivered_dose_mj:.3f} mJ")
+    table.add_row(
+        "frames by stream state",
+        ", ".join(f"{k}: {v}" for k, v in sorted(summary.stream_states.items())),
+    )
+    if summary.latency_p50_ms is not None:
+        table.add_row(
+            "latency p50 / p99",
+            f"{summary.latency_p50_ms:.1f} / {summary.latency_p99_ms:.1f} ms",
+        )
+    if summary.rejected_messages:
+        table.add_row("rejected messages", str(summary.rejected_messages))
+    Console().print(table)
+    if summary.finish_reason == "cancelled":
+        raise typer.Exit(code=130)
 
 
 def main() -> None:

@@ -1,5 +1,32 @@
 """Validated settings: pydantic models read from the command line and from files."""
 
+from ._plan import (
+    GridPlan,
+    Illumination,
+    OutputSettings,
+    PlanPosition,
+    PropertySetting,
+    SessionPlan,
+    StreamSettings,
+    TimePlan,
+    ZPlan,
+    load_plan,
+    save_plan,
+)
 from ._simulation import OutputFormat, SimulationOptions
 
-__all__ = ["OutputFormat", "SimulationOptions"]
+__all__ = [
+    "GridPlan",
+    "Illumination",
+    "OutputFormat",
+    "OutputSettings",
+    "PlanPosition",
+    "PropertySetting",
+    "SessionPlan",
+    "SimulationOptions",
+    "StreamSettings",
+    "TimePlan",
+    "ZPlan",
+    "load_plan",
+    "save_plan",
+]

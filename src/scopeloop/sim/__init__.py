@@ -11,6 +11,8 @@ Load it like any rig::
 ground truth.
 """
 
+from scopeloop.hardware import default_config, load_core
+
 from ._culture import Culture, Division, NucleiView, Phase
 from ._devices import (
     SimCamera,
@@ -24,7 +26,7 @@ from ._devices import (
 from ._params import CultureParams
 from ._render import render_fluorescence, render_labels
 from ._sensor import SensorModel
-from ._simulate import SimulationSummary, default_config, load_core, run_simulation
+from ._simulate import SimulationSummary, run_simulation
 from ._world import ClockMode, Exposure, World
 
 __all__ = [

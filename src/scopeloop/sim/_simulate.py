@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import gc
 import json
-import logging
 import math
-import threading
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import useq
 
 from scopeloop.errors import ConfigError, DeviceError
+from scopeloop.hardware import default_config, load_core, run_until_done
 from scopeloop.versions import package_versions
 
 from ._culture import Phase
@@ -23,55 +21,14 @@ from ._truth import AcquiredFrame, write_ground_truth
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
     import numpy as np
     from pymmcore_plus.experimental.unicore import UniMMCore
 
     from scopeloop.config import SimulationOptions
 
-__all__ = ["SimulationSummary", "default_config", "load_core", "run_simulation"]
-
-
-def default_config(name: str = "demo.cfg") -> Path:
-    """Path of a configuration shipped with scopeloop (`hardware_configs/`)."""
-    here = Path(__file__).resolve()
-    for candidate in (
-        here.parents[3] / "hardware_configs" / name,  # source checkout
-        here.parents[1] / "hardware_configs" / name,  # installed wheel
-    ):
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(f"bundled configuration {name!r} not found next to {here}")
-
-
-def load_core(config: Path) -> UniMMCore:
-    """A `UniMMCore` with `config` loaded; a bad file gives a `ConfigError`."""
-    from pymmcore_plus.experimental.unicore import UniMMCore
-
-    if not config.is_file():
-        raise ConfigError(f"configuration file not found: {config}")
-    text = config.read_text(errors="replace")
-    python_only = not any(line.startswith("Device,") for line in text.splitlines())
-    # Without C++ devices there is no Micro-Manager installation to find; the
-    # core's complaint about that is noise.
-    logger = logging.getLogger("pymmcore-plus")
-    level = logger.level
-    if python_only:
-        logger.setLevel(logging.CRITICAL)
-    try:
-        core = UniMMCore()
-    finally:
-        logger.setLevel(level)
-    try:
-        core.loadSystemConfiguration(str(config))
-    except Exception as e:  # the loader wraps everything in RuntimeError
-        message = f"cannot load {config}: {e}"
-    else:
-        return core
-    # Release the half-loaded core here, on this thread, not from a traceback.
-    del core
-    gc.collect()
-    raise ConfigError(message)
+__all__ = ["SimulationSummary", "run_simulation"]
 
 
 def _label_of(core: UniMMCore, cls: type) -> str:
@@ -220,23 +177,9 @@ def _acquire(
     interrupted: BaseException | None = None
     # The runner works on its own thread so that Ctrl-C here cancels it
     # cleanly: the writer closes and every acquired frame stays readable.
-    finished = threading.Event()
-    core.mda.events.sequenceFinished.connect(finished.set)
-    runner = core.run_mda(sequence, output=str(raw))
     try:
-        # Event.wait, not Thread.join: a join interrupted by Ctrl-C can report
-        # the thread as finished while it still runs.
-        while not finished.is_set():
-            try:
-                finished.wait(timeout=0.1)
-            except KeyboardInterrupt as e:
-                interrupted = e
-                core.mda.cancel()
+        interrupted = run_until_done(core, sequence, output=str(raw))
     finally:
-        while not finished.wait(timeout=0.1) and runner.is_alive():
-            pass
-        runner.join()
-        core.mda.events.sequenceFinished.disconnect(finished.set)
         core.mda.events.eventStarted.disconnect(_event_started)
         core.mda.events.frameReady.disconnect(_frame_ready)
     wall = time.perf_counter() - started

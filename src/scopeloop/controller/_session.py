@@ -1,0 +1,367 @@
+"""A controller session: acquire a plan on a rig, stream frames, keep everything.
+
+The acquisition runs on pymmcore-plus's MDA runner, fed by an `EventSource`.
+On the runner thread, `frameReady` only records the frame in the ledger and
+hands a copy to the stream's queue (never blocking); the raw writer is the
+runner's own ome-writers sink, so every frame reaches disk whatever happens
+downstream. Results come back on the stream's thread and are written by the
+result-intake thread.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from scopeloop import __version__
+from scopeloop.errors import ConfigError, DeviceError
+from scopeloop.hardware import load_core, run_until_done
+from scopeloop.protocol import ArraySpec, FrameMessage, FrameServer, ServerStats
+from scopeloop.storage import file_sha256, new_run_folder, write_json
+from scopeloop.versions import package_versions
+
+from ._events import EventSource, Site
+from ._intake import ResultIntake
+from ._ledger import FrameLedger
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    import numpy as np
+    import useq
+    from pymmcore_plus.experimental.unicore import UniMMCore
+
+    from scopeloop.config import SessionPlan
+
+__all__ = ["RunStatus", "RunSummary", "run_session"]
+
+logger = logging.getLogger("scopeloop.controller")
+
+
+@dataclass(frozen=True, slots=True)
+class RunStatus:
+    """A live snapshot for progress displays."""
+
+    frames: int
+    elapsed_s: float
+    frames_per_s: float
+    stream: ServerStats | None
+    latency_p50_ms: float | None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """How a run went."""
+
+    folder: str
+    finish_reason: str
+    frames: int
+    positions: int
+    elapsed_s: float
+    frames_per_s: float
+    delivered_dose_mj: float
+    stream_states: dict[str, int] = field(default_factory=dict)
+    results: int = 0
+    rejected_messages: int = 0
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
+
+
+def _check_rig(core: UniMMCore, plan: SessionPlan) -> None:
+    """Refuse, before anything moves, a plan the rig cannot carry out."""
+    ill = plan.illumination
+    devices = set(core.getLoadedDevices())
+    if ill.laser_device not in devices:
+        raise ConfigError(
+            f"plan: illumination.laser_device = {ill.laser_device!r} is not a device "
+            f"of this configuration ({', '.join(sorted(devices - {'Core'}))})"
+        )
+    if not core.hasProperty(ill.laser_device, ill.laser_property):
+        raise ConfigError(
+            f"plan: illumination.laser_property = {ill.laser_property!r}: device "
+            f"{ill.laser_device!r} has no such property"
+        )
+    if core.hasPropertyLimits(ill.laser_device, ill.laser_property):
+        high = core.getPropertyUpperLimit(ill.laser_device, ill.laser_property)
+        if ill.laser_power_mw > high:
+            raise ConfigError(
+                f"plan: illumination.laser_power_mw = {ill.laser_power_mw} exceeds "
+                f"{ill.laser_device}.{ill.laser_property} limit {high}"
+            )
+    if ill.channel_group and not core.isConfigDefined(
+        ill.channel_group, ill.channel or ""
+    ):
+        raise ConfigError(
+            f"plan: illumination.channel = {ill.channel!r} is not a preset of group "
+            f"{ill.channel_group!r}"
+        )
+    for setting in plan.properties:
+        if setting.device not in devices or not core.hasProperty(
+            setting.device, setting.property
+        ):
+            raise ConfigError(
+                f"plan: properties: {setting.device}.{setting.property} does not exist "
+                "in this configuration"
+            )
+    if plan.stage_positions() and not core.getXYStageDevice():
+        raise ConfigError("plan: positions given but the configuration has no XY stage")
+    if plan.z.planes > 1 and not core.getFocusDevice():
+        raise ConfigError(
+            "plan: z.planes > 1 but the configuration has no focus device"
+        )
+
+
+def _sites(core: UniMMCore, plan: SessionPlan) -> list[Site]:
+    focus = core.getPosition() if core.getFocusDevice() else None
+    positions = plan.stage_positions()
+    if not positions:
+        z = focus if plan.z.planes > 1 else None
+        return [Site("p000", None, None, z)]
+    return [
+        Site(
+            p.name or f"p{i:03d}",
+            p.x_um,
+            p.y_um,
+            p.z_um if p.z_um is not None else (focus if plan.z.planes > 1 else None),
+        )
+        for i, p in enumerate(positions)
+    ]
+
+
+class _Acquisition:
+    """What the runner thread does with each frame."""
+
+    def __init__(
+        self,
+        plan: SessionPlan,
+        sites: list[Site],
+        ledger: FrameLedger,
+        server: FrameServer | None,
+        pixel_size_um: float,
+    ) -> None:
+        self.plan = plan
+        self.sites = sites
+        self.ledger = ledger
+        self.server = server
+        self.pixel_size_um = pixel_size_um
+        self.frames = 0
+        self.dose_mj = 0.0
+        self.started = time.monotonic()
+        self.errors = 0
+
+    def on_frame(self, image: np.ndarray, event: useq.MDAEvent, _meta: Any) -> None:
+        now = time.monotonic()
+        index = self.frames
+        self.frames += 1
+        try:
+            self._record(index, image, event, now)
+        except Exception:  # analysis must never break acquisition
+            self.errors += 1
+            logger.exception("cannot stream frame %d", index)
+
+    def _record(
+        self, index: int, image: np.ndarray, event: useq.MDAEvent, now: float
+    ) -> None:
+        p = event.index.get("p", 0)
+        power = next(
+            (
+                float(v)
+                for d, prop, v in event.properties or ()
+                if (d, prop)
+                == (
+                    self.plan.illumination.laser_device,
+                    self.plan.illumination.laser_property,
+                )
+            ),
+            0.0,
+        )
+        exposure = float(event.exposure or 0.0)
+        dose = power * exposure / 1000
+        self.dose_mj += dose
+        elapsed = now - self.started
+        self.ledger.add(
+            index,
+            {
+                "position": p,
+                "position_name": self.sites[p].name,
+                "t": event.index.get("t", 0),
+                "z": event.index.get("z", 0),
+                "time_s": round(elapsed, 4),
+                "exposure_ms": exposure,
+                "laser_power_mw": power,
+                "dose_mj": round(dose, 6),
+                "stream": "queued" if self.server else "not streamed",
+            },
+            now,
+        )
+        if self.server is None:
+            return
+        frame = image.copy()  # the runner may reuse its buffer
+        header = FrameMessage(
+            frame_index=index,
+            position=p,
+            position_name=self.sites[p].name,
+            t_index=event.index.get("t", 0),
+            z_index=event.index.get("z", 0),
+            time_s=elapsed,
+            exposure_ms=exposure,
+            laser_power_mw=power,
+            pixel_size_um=self.pixel_size_um,
+            buffers=(ArraySpec.of("image", frame),),
+        )
+        self.server.submit(header, frame)
+
+
+def run_session(
+    config: Path,
+    plan: SessionPlan,
+    *,
+    plan_file: Path | None = None,
+    out: Path | None = None,
+    worker: str | None = None,
+    on_tick: Callable[[RunStatus], None] | None = None,
+) -> RunSummary:
+    """Run `plan` on the rig of `config`; write everything into a new run folder.
+
+    Parameters
+    ----------
+    config
+        Micro-Manager configuration (a simulated or a real rig).
+    plan
+        The validated session plan.
+    plan_file
+        Where the plan came from (recorded in run.json).
+    out
+        Exact run folder (new or empty); default: a new folder under the plan's
+        output root.
+    worker
+        Overrides the plan's worker address; ``"none"`` streams nothing.
+    on_tick
+        Called a few times a second with a `RunStatus` (on the calling thread).
+
+    A Ctrl-C stops the acquisition cleanly; what was acquired stays complete,
+    and the summary says the run was cancelled.
+
+    """
+    if worker is not None:
+        plan = plan.model_copy(
+            update={"stream": plan.stream.model_copy(update={"worker": worker})}
+        )
+    core = load_core(config)
+    try:
+        _check_rig(core, plan)
+        folder = new_run_folder(plan.output.root, plan.name, exact=out)
+        return _run(core, config, plan, plan_file, folder, on_tick)
+    finally:
+        del core
+        gc.collect()
+
+
+def _run(
+    core: UniMMCore,
+    config: Path,
+    plan: SessionPlan,
+    plan_file: Path | None,
+    folder: Path,
+    on_tick: Callable[[RunStatus], None] | None,
+) -> RunSummary:
+    record: dict[str, Any] = {
+        "scopeloop": __version__,
+        "started": datetime.now().isoformat(timespec="seconds"),
+        "plan_file": str(plan_file) if plan_file else None,
+        "plan": plan.model_dump(mode="json"),
+        "config": {"path": str(config.resolve()), "sha256": file_sha256(config)},
+        "versions": package_versions(),
+    }
+    write_json(folder / "run.json", record)
+    for setting in plan.properties:
+        core.setProperty(setting.device, setting.property, setting.value)
+    sites = _sites(core, plan)
+    record["positions"] = [asdict(s) for s in sites]
+    pixel_size_um = core.getPixelSizeUm()
+
+    intake = ResultIntake(folder / "results", [s.name for s in sites], pixel_size_um)
+    ledger = FrameLedger(on_result=intake.put)
+    server = None
+    if plan.stream.enabled:
+        server = FrameServer(
+            plan.stream.worker,
+            ledger,
+            max_queue=plan.stream.max_queue,
+            worker_timeout_s=plan.stream.worker_timeout_s,
+        )
+        record["stream"] = {"address": server.bound_address}
+        write_json(folder / "run.json", record)
+    acquisition = _Acquisition(plan, sites, ledger, server, pixel_size_um)
+    source = EventSource(plan, sites)
+    suffix = ".ome.zarr" if plan.output.format.value == "ome-zarr" else ".ome.tiff"
+    raw = folder / f"raw{suffix}"
+
+    def tick() -> None:
+        if on_tick is not None:
+            on_tick(_status(acquisition, server, ledger))
+
+    def sequence_started(*_: Any) -> None:
+        acquisition.started = time.monotonic()
+
+    reason, detail = "completed", ""
+    core.mda.events.sequenceStarted.connect(sequence_started)
+    core.mda.events.frameReady.connect(acquisition.on_frame)
+    try:
+        interrupted = run_until_done(core, source, output=str(raw), on_tick=tick)
+        if interrupted is not None:
+            reason, detail = "cancelled", "interrupted (Ctrl-C)"
+    except Exception as e:
+        reason, detail = "error", f"{type(e).__name__}: {e}"
+        raise DeviceError(f"acquisition failed: {e}") from e
+    finally:
+        source.stop()
+        core.mda.events.frameReady.disconnect(acquisition.on_frame)
+        core.mda.events.sequenceStarted.disconnect(sequence_started)
+        elapsed = time.monotonic() - acquisition.started
+        if server is not None:
+            server.close(drain_s=plan.stream.drain_s)
+        intake.close()
+        ledger.write_csv(folder / "frames.csv")
+        stats = server.stats if server is not None else None
+        summary = RunSummary(
+            folder=str(folder),
+            finish_reason=reason,
+            frames=acquisition.frames,
+            positions=len(sites),
+            elapsed_s=round(elapsed, 3),
+            frames_per_s=round(acquisition.frames / elapsed, 3) if elapsed > 0 else 0.0,
+            delivered_dose_mj=round(acquisition.dose_mj, 6),
+            stream_states=ledger.counts(),
+            results=intake.written,
+            rejected_messages=stats.rejected if stats else 0,
+            latency_p50_ms=ledger.latency_ms(0.5),
+            latency_p99_ms=ledger.latency_ms(0.99),
+        )
+        record.update(
+            ended=datetime.now().isoformat(timespec="seconds"),
+            finish={"reason": reason, "detail": detail},
+            raw=raw.name,
+            summary=asdict(summary),
+            stream_stats=asdict(stats) if stats else None,
+        )
+        write_json(folder / "run.json", record)
+    return summary
+
+
+def _status(
+    acq: _Acquisition, server: FrameServer | None, ledger: FrameLedger
+) -> RunStatus:
+    elapsed = time.monotonic() - acq.started
+    return RunStatus(
+        frames=acq.frames,
+        elapsed_s=elapsed,
+        frames_per_s=acq.frames / elapsed if elapsed > 0 else 0.0,
+        stream=server.stats if server is not None else None,
+        latency_p50_ms=ledger.latency_ms(0.5),
+    )

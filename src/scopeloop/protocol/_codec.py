@@ -1,0 +1,114 @@
+"""Encoding and decoding of multipart messages: JSON header + raw buffers.
+
+`encode` returns the parts to hand to `socket.send_multipart(parts, copy=False)`:
+the header as UTF-8 JSON, then each array as a memoryview of its own memory (no
+copy on our side; pyzmq sends large buffers zero-copy). `decode` turns received
+parts back into a validated header and numpy arrays that view the received
+buffers. Anything malformed raises `ProtocolError` with the reason; nothing is
+ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import TypeAdapter, ValidationError
+
+from scopeloop.errors import ScopeloopError
+
+from ._messages import PROTOCOL_VERSION, Message
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from pydantic import BaseModel
+
+__all__ = ["ProtocolError", "decode", "encode"]
+
+MAX_HEADER_BYTES = 1 << 20
+_MESSAGE = TypeAdapter(Message)
+
+
+class ProtocolError(ScopeloopError, ValueError):
+    """A message that does not follow the protocol; the message says why."""
+
+
+def encode(header: BaseModel, arrays: Sequence[np.ndarray] = ()) -> list[Any]:
+    """Parts of a multipart message: the header, then one buffer per array."""
+    specs = getattr(header, "buffers", ())
+    if len(specs) != len(arrays):
+        raise ProtocolError(
+            f"{header.__class__.__name__} lists {len(specs)} buffers but "
+            f"{len(arrays)} arrays were given"
+        )
+    parts: list[Any] = [header.model_dump_json().encode()]
+    for spec, array in zip(specs, arrays, strict=True):
+        if array.dtype != spec.numpy_dtype or tuple(array.shape) != spec.shape:
+            raise ProtocolError(
+                f"buffer {spec.name!r}: array is {array.dtype}{array.shape}, header "
+                f"says {spec.dtype}{spec.shape}"
+            )
+        parts.append(memoryview(np.ascontiguousarray(array)).cast("B"))
+    return parts
+
+
+def _bytes_of(part: Any) -> memoryview:
+    buffer = getattr(part, "buffer", part)  # zmq.Frame exposes .buffer
+    return memoryview(buffer).cast("B")
+
+
+def decode(parts: Sequence[Any]) -> tuple[Message, list[np.ndarray]]:
+    """The header and arrays of a received multipart message.
+
+    Raises
+    ------
+    ProtocolError
+        If the message is empty, its header is not a JSON object, its protocol
+        version is unknown, a field is missing or wrong, or the buffers do not
+        match what the header declares.
+
+    """
+    if not parts:
+        raise ProtocolError("empty message")
+    head = _bytes_of(parts[0])
+    if head.nbytes > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {head.nbytes} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        raw = json.loads(head.tobytes().decode("utf-8"))
+    except (ValueError, RecursionError) as e:
+        raise ProtocolError(f"header is not JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise ProtocolError(f"header is a JSON {type(raw).__name__}, not an object")
+    version = raw.get("protocol")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"unknown protocol version {version!r} (this end speaks {PROTOCOL_VERSION})"
+        )
+    try:
+        header = _MESSAGE.validate_python(raw)
+    except ValidationError as e:
+        reasons = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or 'header'}: {err['msg']}"
+            for err in e.errors()[:5]
+        )
+        raise ProtocolError(
+            f"bad {raw.get('kind', '?')!s:.40} header: {reasons}"
+        ) from None
+    specs = getattr(header, "buffers", ())
+    if len(parts) - 1 != len(specs):
+        raise ProtocolError(
+            f"{header.kind} header declares {len(specs)} buffers, "
+            f"{len(parts) - 1} followed"
+        )
+    arrays = []
+    for spec, part in zip(specs, parts[1:], strict=True):
+        data = _bytes_of(part)
+        if data.nbytes != spec.nbytes:
+            raise ProtocolError(
+                f"buffer {spec.name!r}: {data.nbytes} bytes, expected {spec.nbytes} "
+                f"for {spec.dtype}{spec.shape}"
+            )
+        arrays.append(np.frombuffer(data, spec.numpy_dtype).reshape(spec.shape))
+    return header, arrays
