@@ -82,7 +82,7 @@ def decode(parts: Sequence[Any]) -> tuple[Message, list[np.ndarray]]:
     if not isinstance(raw, dict):
         raise ProtocolError(f"header is a JSON {type(raw).__name__}, not an object")
     version = raw.get("protocol")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise ProtocolError(
             f"unknown protocol version {version!r} (this end speaks {PROTOCOL_VERSION})"
         )

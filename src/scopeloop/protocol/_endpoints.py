@@ -123,8 +123,12 @@ class FrameServer:
         *,
         max_queue: int = 16,
         worker_timeout_s: float = 3.0,
+        result_timeout_s: float = 60.0,
+        max_message_bytes: int = 256 << 20,
     ) -> None:
         check_loopback(address)
+        self._result_timeout_s = result_timeout_s
+        self._closed = False
         self.address = address
         self._listener = listener
         self._max_queue = max_queue
@@ -142,6 +146,7 @@ class FrameServer:
         self._socket = self._ctx.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         try:
             self._socket.bind(address)
         except zmq.ZMQError as e:
@@ -192,7 +197,11 @@ class FrameServer:
         """Stop; frames still queued are skipped ("run ended").
 
         `drain_s` gives workers that long to answer frames in flight first.
+        Closing twice does nothing.
         """
+        if self._closed:
+            return
+        self._closed = True
         deadline = time.monotonic() + drain_s
         while drain_s > 0 and time.monotonic() < deadline:
             s = self.stats
@@ -289,15 +298,19 @@ class FrameServer:
         worker = self._workers[key]
         worker.last_seen = now
         with self._lock:
-            if worker.in_flight.pop(result.frame_index, None) is None:
+            expected = worker.in_flight.pop(result.frame_index, None) is not None
+            if expected:
+                worker.credits += 1
+            else:
                 self._counts["rejected"] += 1
-                logger.warning(
-                    "result for frame %d that %s was not sent",
-                    result.frame_index,
-                    worker.worker_id,
-                )
-                return
-            worker.credits += 1
+        if not expected:
+            logger.warning(
+                "result for frame %d that %s was not sent",
+                result.frame_index,
+                worker.worker_id,
+            )
+            return
+        with self._lock:
             self._counts["results"] += 1
         self._listener.result_received(result, arrays, now)
 
@@ -309,6 +322,24 @@ class FrameServer:
 
     def _expire_workers(self) -> None:
         now = time.monotonic()
+        for worker in list(self._workers.values()):
+            # A frame unanswered for long (e.g. its result was malformed and
+            # rejected) is given up, and its credit returned to the worker.
+            overdue = [
+                i
+                for i, sent in worker.in_flight.items()
+                if now - sent > self._result_timeout_s
+            ]
+            for index in overdue:
+                with self._lock:
+                    worker.in_flight.pop(index, None)
+                    worker.credits += 1
+                    self._counts["lost"] += 1
+                self._listener.frame_lost(
+                    index,
+                    f"no result from {worker.worker_id} within "
+                    f"{self._result_timeout_s:g} s",
+                )
         gone = [
             k
             for k, w in self._workers.items()

@@ -27,7 +27,6 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
-MAX_BUFFERS = 4
 MAX_SIDE = 65_536
 
 DType = Literal["uint8", "uint16", "uint32", "int32", "float32", "float64"]
