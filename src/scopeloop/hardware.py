@@ -93,6 +93,9 @@ def run_until_done(
             except KeyboardInterrupt as e:
                 interrupted = e
                 core.mda.cancel()
+            except BaseException:
+                core.mda.cancel()  # e.g. on_tick failed: stop, then say why
+                raise
     finally:
         while not finished.wait(timeout=0.1) and runner.is_alive():
             pass

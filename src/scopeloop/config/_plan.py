@@ -102,7 +102,10 @@ class Illumination(_Model):
     @model_validator(mode="after")
     def _channel_pair(self) -> Illumination:
         if (self.channel is None) != (self.channel_group is None):
-            raise ValueError("channel and channel_group go together: give both or none")
+            raise ValueError(
+                "channel and channel_group go together: give both or none, got "
+                f"channel={self.channel!r}, channel_group={self.channel_group!r}"
+            )
         return self
 
 
@@ -120,7 +123,12 @@ class TimePlan(_Model):
     @model_validator(mode="after")
     def _one_end(self) -> TimePlan:
         if (self.frames is None) == (self.duration_s is None):
-            raise ValueError("give exactly one of frames or duration_s")
+            got = (
+                "neither"
+                if self.frames is None
+                else f"frames={self.frames} and duration_s={self.duration_s}"
+            )
+            raise ValueError(f"give exactly one of frames or duration_s, got {got}")
         return self
 
     @property
@@ -199,7 +207,10 @@ class SessionPlan(_Model):
     @model_validator(mode="after")
     def _positions_or_grid(self) -> SessionPlan:
         if self.positions and self.grid is not None:
-            raise ValueError("give positions or a grid, not both")
+            raise ValueError(
+                f"give positions or a grid, not both, got {len(self.positions)} "
+                f"positions and a {self.grid.rows}x{self.grid.columns} grid"
+            )
         names = [p.name for p in self.positions if p.name]
         if len(set(names)) != len(names):
             raise ValueError(f"position names must be unique, got {names}")

@@ -2,12 +2,16 @@
 
 Each position keeps its own schedule (next visit due, visits made), so a policy
 can later speed up one position without touching the others. The base plan
-visits every position every `interval_s`.
+visits every position every `interval_s`. A `duration_s` plan ends with the
+last visit due within `duration_s`; with `interval_s` 0 (as fast as possible)
+nothing is ever due later, so there `duration_s` is wall-clock time since the
+iteration began.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -51,7 +55,7 @@ class EventSource:
             useq.PropertyTuple(ill.laser_device, ill.laser_property, ill.laser_power_mw)
         ]
         self._channel = (
-            useq.Channel(config=ill.channel, group=ill.channel_group)
+            useq.EventChannel(config=ill.channel, group=ill.channel_group)
             if ill.channel and ill.channel_group
             else None
         )
@@ -93,7 +97,15 @@ class EventSource:
         ]
 
     def __iter__(self) -> Iterator[useq.MDAEvent]:
+        time_plan = self.plan.time
+        deadline = (
+            time.monotonic() + time_plan.duration_s
+            if time_plan.duration_s is not None and time_plan.interval_s == 0
+            else None
+        )
         while not self._stop.is_set():
+            if deadline is not None and time.monotonic() > deadline:
+                return
             p = self._next_site()
             if p is None:
                 return

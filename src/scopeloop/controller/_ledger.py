@@ -31,7 +31,8 @@ class FrameLedger:
     ``sent``, ``analysed`` (a result came back), ``skipped`` (never sent: a newer
     frame of the same position replaced it, or the run ended), ``lost`` (sent,
     but its worker went away), ``error`` (the worker could not analyse it).
-    Implements the stream's listener; thread-safe.
+    Implements the stream's listener; thread-safe. `on_result` (settable until
+    the first result) is handed every result after its row is updated.
     """
 
     def __init__(
@@ -43,7 +44,7 @@ class FrameLedger:
         self._acquired_at: dict[int, float] = {}
         self._latencies_ms: list[float] = []
         self._lock = threading.Lock()
-        self._on_result = on_result
+        self.on_result = on_result
 
     def add(self, index: int, row: dict[str, Any], acquired_at: float) -> None:
         """Record an acquired frame (`acquired_at`: monotonic seconds)."""
@@ -85,8 +86,8 @@ class FrameLedger:
                     reason=result.error or "",
                     latency_ms="" if latency is None else round(latency, 2),
                 )
-        if self._on_result is not None:
-            self._on_result(result, arrays, received_at)
+        if self.on_result is not None:
+            self.on_result(result, arrays, received_at)
 
     # -- reading ------------------------------------------------------------
 

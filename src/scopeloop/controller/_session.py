@@ -116,6 +116,18 @@ def _check_rig(core: UniMMCore, plan: SessionPlan) -> None:
         )
 
 
+def _apply_properties(core: UniMMCore, plan: SessionPlan) -> None:
+    """Set the plan's device properties; a value the rig refuses is a ConfigError."""
+    for setting in plan.properties:
+        try:
+            core.setProperty(setting.device, setting.property, setting.value)
+        except Exception as e:
+            raise ConfigError(
+                f"plan: properties: {setting.device}.{setting.property} = "
+                f"{setting.value!r}: {e}"
+            ) from None
+
+
 def _sites(core: UniMMCore, plan: SessionPlan) -> list[Site]:
     focus = core.getPosition() if core.getFocusDevice() else None
     positions = plan.stage_positions()
@@ -255,8 +267,25 @@ def run_session(
     core = load_core(config)
     try:
         _check_rig(core, plan)
-        folder = new_run_folder(plan.output.root, plan.name, exact=out)
-        return _run(core, config, plan, plan_file, folder, on_tick)
+        _apply_properties(core, plan)
+        # Listen before making the run folder: a taken address leaves nothing.
+        ledger = FrameLedger()
+        server = (
+            FrameServer(
+                plan.stream.worker,
+                ledger,
+                max_queue=plan.stream.max_queue,
+                worker_timeout_s=plan.stream.worker_timeout_s,
+            )
+            if plan.stream.enabled
+            else None
+        )
+        try:
+            folder = new_run_folder(plan.output.root, plan.name, exact=out)
+            return _run(core, config, plan, plan_file, folder, ledger, server, on_tick)
+        finally:
+            if server is not None:
+                server.close()  # idempotent: a run that got going closed it, drained
     finally:
         del core
         gc.collect()
@@ -268,6 +297,8 @@ def _run(
     plan: SessionPlan,
     plan_file: Path | None,
     folder: Path,
+    ledger: FrameLedger,
+    server: FrameServer | None,
     on_tick: Callable[[RunStatus], None] | None,
 ) -> RunSummary:
     record: dict[str, Any] = {
@@ -279,22 +310,13 @@ def _run(
         "versions": package_versions(),
     }
     write_json(folder / "run.json", record)
-    for setting in plan.properties:
-        core.setProperty(setting.device, setting.property, setting.value)
     sites = _sites(core, plan)
     record["positions"] = [asdict(s) for s in sites]
     pixel_size_um = core.getPixelSizeUm()
 
     intake = ResultIntake(folder / "results", [s.name for s in sites], pixel_size_um)
-    ledger = FrameLedger(on_result=intake.put)
-    server = None
-    if plan.stream.enabled:
-        server = FrameServer(
-            plan.stream.worker,
-            ledger,
-            max_queue=plan.stream.max_queue,
-            worker_timeout_s=plan.stream.worker_timeout_s,
-        )
+    ledger.on_result = intake.put
+    if server is not None:
         record["stream"] = {"address": server.bound_address}
         write_json(folder / "run.json", record)
     acquisition = _Acquisition(plan, sites, ledger, server, pixel_size_um)
@@ -316,6 +338,9 @@ def _run(
         interrupted = run_until_done(core, source, output=str(raw), on_tick=tick)
         if interrupted is not None:
             reason, detail = "cancelled", "interrupted (Ctrl-C)"
+        elif core.mda.status.finish_reason == "errored":
+            # The runner re-raises on its own thread, out of reach here.
+            raise RuntimeError("the MDA runner stopped on an error (see the log)")
     except Exception as e:
         reason, detail = "error", f"{type(e).__name__}: {e}"
         raise DeviceError(f"acquisition failed: {e}") from e
