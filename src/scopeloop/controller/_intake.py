@@ -79,6 +79,8 @@ class ResultIntake:
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not _STOP:
+            result: ResultMessage
+            arrays: list[np.ndarray]
             result, arrays = item  # type: ignore[misc]
             try:
                 self._write(result, arrays)

@@ -50,7 +50,7 @@ def encode(header: BaseModel, arrays: Sequence[np.ndarray] = ()) -> list[Any]:
                 f"buffer {spec.name!r}: array is {array.dtype}{array.shape}, header "
                 f"says {spec.dtype}{spec.shape}"
             )
-        parts.append(memoryview(np.ascontiguousarray(array)).cast("B"))
+        parts.append(memoryview(np.ascontiguousarray(array)).cast("B"))  # type: ignore[arg-type]
     return parts
 
 

@@ -36,7 +36,7 @@ Name = Annotated[str, Field(min_length=1, max_length=200)]
 class _Header(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    protocol: Literal[1] = Field(PROTOCOL_VERSION, description="Wire protocol version.")
+    protocol: Literal[1] = Field(1, description="Wire protocol version.")
 
 
 class ArraySpec(BaseModel):
@@ -53,7 +53,7 @@ class ArraySpec(BaseModel):
     @classmethod
     def of(cls, name: str, array: np.ndarray) -> ArraySpec:
         """The spec of `array` under `name`."""
-        return cls(name=name, dtype=array.dtype.name, shape=array.shape)  # type: ignore[arg-type]
+        return cls(name=name, dtype=array.dtype.name, shape=array.shape)
 
     @property
     def numpy_dtype(self) -> np.dtype[np.generic]:

@@ -62,8 +62,8 @@ def _windows(
         dy = np.arange(y0 - yc, y1 - yc, dtype=np.float32)[:, None]
         dx = np.arange(x0 - xc, x1 - xc, dtype=np.float32)[None, :]
         cos, sin = np.float32(math.cos(angle)), np.float32(math.sin(angle))
-        u = dx * cos + dy * sin
-        v = dy * cos - dx * sin
+        u = (dx * cos + dy * sin).astype(np.float32, copy=False)
+        v = (dy * cos - dx * sin).astype(np.float32, copy=False)
         yield k, slice(y0, y1), slice(x0, x1), u, v
 
 
