@@ -653,3 +653,30 @@ def test_ctrl_c_cancels_and_keeps_what_was_acquired(tmp_path: Path) -> None:
     record = json.loads((out / "run.json").read_text())
     assert record["finish"]["reason"] == "cancelled"
     assert "interrupt" in record["finish"]["detail"]
+
+
+def test_events_are_decided_one_at_a_time_even_as_fast_as_possible(
+    tmp_path: Path,
+) -> None:
+    # Arrange: interval 0 lets the engine merge events into one hardware
+    # sequence, which would drain the event source before the first frame.
+    plan = SessionPlan.model_validate(
+        {
+            "name": "fast",
+            "positions": POSITIONS[:1],
+            "illumination": {"exposure_ms": 1, "laser_power_mw": 1},
+            "time": {"interval_s": 0, "duration_s": 0.5},
+            "properties": [{"device": "Camera", "property": "Binning", "value": 4}],
+        }
+    )
+    out = tmp_path / "run"
+
+    # Act
+    summary = run_session(default_config(), plan, out=out, worker="none")
+
+    # Assert: the run ends about duration_s after it started, and only the
+    # events asked for were made (no backlog acquired after the deadline).
+    _, rows = read_rows(out / "frames.csv")
+    assert summary.frames == len(rows) > 0
+    assert float(rows[-1]["time_s"]) < 0.5 + 1.0
+    assert summary.elapsed_s < 0.5 + 3.0

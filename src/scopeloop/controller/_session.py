@@ -165,6 +165,7 @@ class _Acquisition:
         self.dose_mj = 0.0
         self.started = time.monotonic()
         self.errors = 0
+        self._specs: dict[tuple[tuple[int, ...], str], ArraySpec] = {}
 
     def on_frame(self, image: np.ndarray, event: useq.MDAEvent, _meta: Any) -> None:
         now = time.monotonic()
@@ -213,8 +214,15 @@ class _Acquisition:
         )
         if self.server is None:
             return
-        frame = image.copy()  # the runner may reuse its buffer
-        header = FrameMessage(
+        # The runner hands each frame its own array; copy only a view.
+        frame = image if image.flags.owndata else image.copy()
+        spec = self._specs.get((frame.shape, frame.dtype.str))
+        if spec is None:
+            spec = self._specs.setdefault(
+                (frame.shape, frame.dtype.str), ArraySpec.of("image", frame)
+            )
+        # Built from checked values on the acquisition thread: skip validation.
+        header = FrameMessage.model_construct(
             frame_index=index,
             position=p,
             position_name=self.sites[p].name,
@@ -224,7 +232,7 @@ class _Acquisition:
             exposure_ms=exposure,
             laser_power_mw=power,
             pixel_size_um=self.pixel_size_um,
-            buffers=(ArraySpec.of("image", frame),),
+            buffers=(spec,),
         )
         self.server.submit(header, frame)
 
@@ -334,6 +342,10 @@ def _run(
     reason, detail = "completed", ""
     core.mda.events.sequenceStarted.connect(sequence_started)
     core.mda.events.frameReady.connect(acquisition.on_frame)
+    # Hardware sequencing would merge the event source into one sequence,
+    # expanding it up front; the source must be asked one event at a time.
+    sequencing = core.mda.engine.use_hardware_sequencing  # type: ignore[union-attr]
+    core.mda.engine.use_hardware_sequencing = False  # type: ignore[union-attr]
     try:
         interrupted = run_until_done(core, source, output=str(raw), on_tick=tick)
         if interrupted is not None:
@@ -346,6 +358,7 @@ def _run(
         raise DeviceError(f"acquisition failed: {e}") from e
     finally:
         source.stop()
+        core.mda.engine.use_hardware_sequencing = sequencing  # type: ignore[union-attr]
         core.mda.events.frameReady.disconnect(acquisition.on_frame)
         core.mda.events.sequenceStarted.disconnect(sequence_started)
         elapsed = time.monotonic() - acquisition.started

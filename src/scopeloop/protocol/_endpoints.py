@@ -169,6 +169,7 @@ class FrameServer:
         skipped: list[int] = []
         with self._lock:
             self._counts["submitted"] += 1
+            was_empty = not self._pending
             old = self._pending.pop(frame.position, None)
             if old is not None:
                 skipped.append(old[0].frame_index)
@@ -179,8 +180,11 @@ class FrameServer:
             self._counts["skipped"] += len(skipped)
         for index in skipped:
             self._listener.frame_skipped(index, "superseded")
-        with contextlib.suppress(BlockingIOError):
-            os.write(self._wake_w, b"\0")
+        if was_empty:
+            # A non-empty queue means the I/O thread is awake already or waits
+            # for a credit, which a result (waking it) brings.
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._wake_w, b"\0")
 
     @property
     def stats(self) -> ServerStats:
