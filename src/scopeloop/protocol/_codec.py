@@ -29,6 +29,7 @@ __all__ = ["ProtocolError", "decode", "encode"]
 
 MAX_HEADER_BYTES = 1 << 20
 _MESSAGE = TypeAdapter(Message)
+_WIRE = {"wire": True}
 
 
 class ProtocolError(ScopeloopError, ValueError):
@@ -59,6 +60,32 @@ def _bytes_of(part: Any) -> memoryview:
     return memoryview(buffer).cast("B")
 
 
+def _explain(text: bytes) -> None:
+    """Raise a `ProtocolError` that says what is wrong with a header."""
+    try:
+        raw = json.loads(text.decode("utf-8"))
+    except (ValueError, RecursionError) as e:
+        raise ProtocolError(f"header is not JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise ProtocolError(f"header is a JSON {type(raw).__name__}, not an object")
+    version = raw.get("protocol")
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"unknown protocol version {version!r} (this end speaks {PROTOCOL_VERSION})"
+        )
+    try:
+        _MESSAGE.validate_python(raw)
+    except ValidationError as e:
+        reasons = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or 'header'}: {err['msg']}"
+            for err in e.errors()[:5]
+        )
+        raise ProtocolError(
+            f"bad {raw.get('kind', '?')!s:.40} header: {reasons}"
+        ) from None
+    raise ProtocolError("header rejected by the JSON validator")
+
+
 def decode(parts: Sequence[Any]) -> tuple[Message, list[np.ndarray]]:
     """The header and arrays of a received multipart message.
 
@@ -75,27 +102,12 @@ def decode(parts: Sequence[Any]) -> tuple[Message, list[np.ndarray]]:
     head = _bytes_of(parts[0])
     if head.nbytes > MAX_HEADER_BYTES:
         raise ProtocolError(f"header of {head.nbytes} bytes exceeds {MAX_HEADER_BYTES}")
+    text = head.tobytes()
     try:
-        raw = json.loads(head.tobytes().decode("utf-8"))
-    except (ValueError, RecursionError) as e:
-        raise ProtocolError(f"header is not JSON: {e}") from None
-    if not isinstance(raw, dict):
-        raise ProtocolError(f"header is a JSON {type(raw).__name__}, not an object")
-    version = raw.get("protocol")
-    if type(version) is not int or version != PROTOCOL_VERSION:
-        raise ProtocolError(
-            f"unknown protocol version {version!r} (this end speaks {PROTOCOL_VERSION})"
-        )
-    try:
-        header = _MESSAGE.validate_python(raw)
-    except ValidationError as e:
-        reasons = "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or 'header'}: {err['msg']}"
-            for err in e.errors()[:5]
-        )
-        raise ProtocolError(
-            f"bad {raw.get('kind', '?')!s:.40} header: {reasons}"
-        ) from None
+        header = _MESSAGE.validate_json(text, context=_WIRE)  # one pass, usually
+    except ValidationError:
+        _explain(text)  # raises ProtocolError with the reason
+        raise  # pragma: no cover (_explain always raises)
     specs = getattr(header, "buffers", ())
     if len(parts) - 1 != len(specs):
         raise ProtocolError(

@@ -9,10 +9,11 @@ as raw bytes in the next parts of the same multipart message.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from functools import cache
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -38,6 +39,16 @@ class _Header(BaseModel):
 
     protocol: Literal[1] = Field(1, description="Wire protocol version.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _version_on_the_wire(cls, data: Any, info: ValidationInfo) -> Any:
+        # Built in Python, the version defaults; read from the wire, it must
+        # be there.
+        wire = bool(info.context and info.context.get("wire"))
+        if wire and isinstance(data, dict) and "protocol" not in data:
+            raise ValueError("header has no protocol version")
+        return data
+
 
 class ArraySpec(BaseModel):
     """One raw buffer that follows the header: what it holds and how to read it."""
@@ -58,12 +69,17 @@ class ArraySpec(BaseModel):
     @property
     def numpy_dtype(self) -> np.dtype[np.generic]:
         """The little-endian numpy dtype of the buffer."""
-        return np.dtype(self.dtype).newbyteorder("<")
+        return _little_endian(self.dtype)
 
     @property
     def nbytes(self) -> int:
         """Size of the buffer in bytes."""
-        return int(self.numpy_dtype.itemsize * math.prod(self.shape))
+        return _little_endian(self.dtype).itemsize * math.prod(self.shape)
+
+
+@cache
+def _little_endian(name: str) -> np.dtype[np.generic]:
+    return np.dtype(name).newbyteorder("<")
 
 
 class Hello(_Header):
