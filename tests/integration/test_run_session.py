@@ -492,6 +492,30 @@ def test_worker_that_connects_late_still_gets_frames(tmp_path: Path) -> None:
     assert set(states(rows)) <= {"analysed", "skipped"}, fates
 
 
+def test_run_can_wait_for_a_worker_before_the_first_frame(tmp_path: Path) -> None:
+    # Arrange: the worker starts a moment after the stream is up.
+    address = free_address()
+    plan = make_plan(
+        frames=4, positions=1, interval_s=0.1, stream={"wait_for_worker_s": 10}
+    )
+    receiver = Receiver(address)
+    starter = threading.Timer(0.5, receiver.start)
+
+    # Act
+    starter.start()
+    try:
+        run_session(default_config(), plan, out=tmp_path / "run", worker=address)
+    finally:
+        starter.join()
+        receiver.stop()
+
+    # Assert: no frame went by before the worker was there.
+    _, rows = read_rows(tmp_path / "run" / "frames.csv")
+    assert [r["stream"] for r in rows] == ["analysed"] * 4
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["stream"]["worker_connected_before_start"] is True
+
+
 # -- refusals and interruptions ------------------------------------------------
 
 

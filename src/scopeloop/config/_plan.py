@@ -174,6 +174,12 @@ class StreamSettings(_Model):
     worker_timeout_s: float = Field(
         3.0, gt=0, le=600, description="Silence after which a worker is dropped."
     )
+    wait_for_worker_s: float = Field(
+        0.0,
+        ge=0,
+        le=3600,
+        description="Before the first frame, wait this long for a worker's hello.",
+    )
     drain_s: float = Field(
         2.0, ge=0, le=600, description="Wait for results in flight at the end."
     )

@@ -342,6 +342,14 @@ def _run(
     reason, detail = "completed", ""
     core.mda.events.sequenceStarted.connect(sequence_started)
     core.mda.events.frameReady.connect(acquisition.on_frame)
+    if server is not None and plan.stream.wait_for_worker_s > 0:
+        if not server.wait_for_worker(plan.stream.wait_for_worker_s):
+            logger.warning(
+                "no worker connected within %g s; acquiring anyway",
+                plan.stream.wait_for_worker_s,
+            )
+        record["stream"]["worker_connected_before_start"] = server.stats.workers > 0
+        write_json(folder / "run.json", record)
     # Hardware sequencing would merge the event source into one sequence,
     # expanding it up front; the source must be asked one event at a time.
     sequencing = core.mda.engine.use_hardware_sequencing  # type: ignore[union-attr]

@@ -147,6 +147,7 @@ class FrameServer:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._stop = threading.Event()
+        self._worker_seen = threading.Event()
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._socket = self._ctx.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -190,6 +191,10 @@ class FrameServer:
             # for a credit, which a result (waking it) brings.
             with contextlib.suppress(BlockingIOError):
                 os.write(self._wake_w, b"\0")
+
+    def wait_for_worker(self, timeout_s: float) -> bool:
+        """Wait until a worker has said hello (or `timeout_s` passed)."""
+        return self._worker_seen.wait(timeout_s)
 
     @property
     def stats(self) -> ServerStats:
@@ -288,6 +293,7 @@ class FrameServer:
         with self._lock:
             old = self._workers.pop(key, None)
             self._workers[key] = _Worker(hello.worker_id, hello.credits, now)
+        self._worker_seen.set()
         if old is not None:
             self._lose(old, "worker said hello again")
         logger.info(
