@@ -69,8 +69,17 @@ class ResultIntake:
     def put(
         self, result: ResultMessage, arrays: list[np.ndarray], received_at: float
     ) -> None:
-        """Queue a result (called from the stream's thread; never blocks)."""
-        self._queue.put((result, arrays))
+        """Queue a result (called from the stream's thread; never blocks).
+
+        A result with nothing to write is only kept as the newest of its
+        position, without waking the intake thread.
+        """
+        if result.nuclei or result.divisions or result.buffers:
+            self._queue.put((result, arrays))
+            return
+        with self._lock:
+            self._latest[result.position] = result
+            self.written += 1
 
     def latest(self, position: int) -> ResultMessage | None:
         """The newest result of a position, if any."""
@@ -84,7 +93,8 @@ class ResultIntake:
             result, arrays = item  # type: ignore[misc]
             try:
                 self._write(result, arrays)
-                self.written += 1
+                with self._lock:
+                    self.written += 1
             except Exception:  # a bad result must not stop the intake
                 self.failed += 1
                 logger.exception(

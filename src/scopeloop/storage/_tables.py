@@ -31,12 +31,14 @@ class CsvTable:
         self.rows = 0
 
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
-        """Append rows (unknown keys are an error) and flush."""
+        """Append rows (unknown keys are an error) and flush, if there are any."""
         with self._lock:
+            before = self.rows
             for row in rows:
                 self._writer.writerow(row)
                 self.rows += 1
-            self._file.flush()
+            if self.rows > before:
+                self._file.flush()
 
     def close(self) -> None:
         """Close the file (idempotent)."""
