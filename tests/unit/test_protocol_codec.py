@@ -6,7 +6,9 @@ buffers, so decoded arrays can view the received memory instead of copying it.
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import pickle
 from typing import TYPE_CHECKING, Any
 
@@ -111,17 +113,26 @@ def buffer_of(part: Any) -> memoryview:
     return memoryview(getattr(part, "buffer", part)).cast("B")
 
 
+_PAIR_NUMBERS = itertools.count()
+
+
 @pytest.fixture
 def pair() -> Iterator[tuple[zmq.Socket[bytes], zmq.Socket[bytes]]]:
-    """Two connected inproc PAIR sockets."""
+    """Two connected inproc PAIR sockets.
+
+    Each pair gets a name of its own: an inproc name can stay taken for a
+    moment after its socket closed, so names are never reused.
+    """
     ctx = zmq.Context.instance()
     a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
-    address = f"inproc://codec-{id(a)}"
-    a.bind(address)
-    b.connect(address)
-    yield a, b
-    a.close(linger=0)
-    b.close(linger=0)
+    try:
+        address = f"inproc://codec-{os.getpid()}-{next(_PAIR_NUMBERS)}"
+        a.bind(address)
+        b.connect(address)
+        yield a, b
+    finally:
+        a.close(linger=0)
+        b.close(linger=0)
 
 
 def as_bytes(parts: list[Any]) -> list[bytes]:
