@@ -85,7 +85,7 @@ def run_until_done(
     try:
         # Event.wait, not Thread.join: a join interrupted by Ctrl-C can report
         # the thread as finished while it still runs.
-        while not finished.is_set():
+        while not finished.is_set() and runner.is_alive():
             try:
                 finished.wait(timeout=tick_s)
                 if on_tick is not None:

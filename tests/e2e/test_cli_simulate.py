@@ -254,3 +254,11 @@ def test_version() -> None:
 
     assert result.exit_code == 0
     assert __version__ in result.output
+
+
+def test_power_beyond_the_rig_is_refused_naming_the_value(tmp_path: Path) -> None:
+    result = simulate("--out", str(tmp_path / "run"), "--power", "500", "--frames", "1")
+
+    assert result.exit_code == 2
+    assert "500" in result.output
+    assert "PowerSetpoint_mW" in result.output

@@ -388,7 +388,7 @@ def test_worker_may_start_before_the_controller(stream: Stream) -> None:
 
 def drop_silent_worker(stream: Stream) -> tuple[FrameServer, StreamRecorder]:
     """A server whose only worker took frame 0 and then went silent."""
-    server, recorder = stream.server(worker_timeout_s=1.0)
+    server, recorder = stream.server(worker_timeout_s=1.0, result_timeout_s=1.0)
     client = stream.client(
         server.bound_address, "w1", credits=1, heartbeat_s=0.1, controller_timeout_s=1
     )
@@ -402,10 +402,26 @@ def drop_silent_worker(stream: Stream) -> tuple[FrameServer, StreamRecorder]:
 def test_silent_worker_is_dropped_and_its_frame_reported_lost(stream: Stream) -> None:
     server, recorder = drop_silent_worker(stream)
 
-    assert recorder.of("lost") == [(0, "w1: went silent")]
+    assert recorder.of("lost") == [(0, "no result from w1 within 1 s")]
     assert any("w1 silent for" in m for m in recorder.log)
     stats = server.stats
     assert (stats.sent, stats.lost, stats.in_flight, stats.workers) == (1, 1, 0, 0)
+
+
+def test_worker_busier_than_its_timeout_still_delivers(stream: Stream) -> None:
+    # A long analysis sends nothing; the worker is judged by result_timeout_s.
+    server, recorder = stream.server(worker_timeout_s=0.3, result_timeout_s=10.0)
+    client = stream.client(server.bound_address, "w1", credits=1, heartbeat_s=0.1)
+    server.submit(*frame_of(0))
+    frame, _ = receive_frame(client)
+    busy = threading.Event()
+
+    busy.wait(1.0)  # the analysis: three worker timeouts without a word
+    answer(client, frame)
+    recorder.wait_for(lambda: recorder.results, "result")
+
+    assert recorder.of("lost") == []
+    assert server.stats.results == 1
 
 
 def test_worker_that_comes_back_gets_frames_again(stream: Stream) -> None:

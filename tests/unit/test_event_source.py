@@ -47,6 +47,16 @@ def test_events_are_position_interleaved_in_time_order() -> None:
     assert all(e.z_pos is None for e in events)
 
 
+def test_as_fast_as_possible_still_takes_turns_between_positions() -> None:
+    plan = make_plan({"interval_s": 0, "frames": 3})
+
+    events = list(EventSource(plan, SITES))
+
+    assert [(e.index["t"], e.index["p"]) for e in events] == [
+        (t, p) for t in range(3) for p in range(3)
+    ]
+
+
 def test_every_event_carries_exposure_and_laser_power() -> None:
     plan = make_plan({"interval_s": 10, "frames": 4})
 

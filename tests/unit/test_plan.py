@@ -42,6 +42,12 @@ def test_every_shipped_plan_loads(path: Path) -> None:
 
 BAD_PLANS = [
     pytest.param(
+        "time: {interval_s: 1, frames: 2}\n"
+        "positions:\n  - {name: p001, x_um: 0, y_um: 0}\n  - {x_um: 400, y_um: 0}\n",
+        ["unique", "p001"],
+        id="given-name-taken-by-an-automatic-one",
+    ),
+    pytest.param(
         "time: {interval_s: -1, frames: 2}\n",
         ["time.interval_s = -1"],
         id="negative-interval",

@@ -128,6 +128,23 @@ def test_binning_keeps_photons_per_area() -> None:
     assert bg2 == pytest.approx(4 * bg1)
 
 
+def test_smaller_pixels_see_less_of_the_sample_each() -> None:
+    # Arrange: the same 64 um field seen with 0.5 um and 0.25 um pixels.
+    world = manual_world(shutter_open=True, laser_power_mw=1.0)
+
+    # Act
+    coarse, bg_coarse, _ = world.expose(
+        shape=(128, 128), binning=1, pixel_um=0.5, exposure_ms=1.0
+    )
+    fine, bg_fine, _ = world.expose(
+        shape=(256, 256), binning=1, pixel_um=0.25, exposure_ms=1.0
+    )
+
+    # Assert: the field's photons do not depend on how finely it is sampled.
+    assert fine.sum() == pytest.approx(coarse.sum(), rel=0.03)
+    assert bg_fine == pytest.approx(bg_coarse / 4)
+
+
 def test_exposure_records_what_the_field_showed_at_that_time() -> None:
     world = manual_world(shutter_open=True, laser_power_mw=1.0, stage_x_um=100.0)
     world.set_time(1800.0)

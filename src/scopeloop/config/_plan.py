@@ -217,7 +217,7 @@ class SessionPlan(_Model):
                 f"give positions or a grid, not both, got {len(self.positions)} "
                 f"positions and a {self.grid.rows}x{self.grid.columns} grid"
             )
-        names = [p.name for p in self.positions if p.name]
+        names = [p.name for p in self.stage_positions()]
         if len(set(names)) != len(names):
             raise ValueError(f"position names must be unique, got {names}")
         return self

@@ -74,7 +74,11 @@ class EventSource:
             due = self.next_due_s[p]
             if time_plan.duration_s is not None and due > time_plan.duration_s:
                 continue
-            if best is None or due < self.next_due_s[best]:
+            # Equal due times (e.g. interval 0) go to the least visited site.
+            if best is None or (due, self.visits[p]) < (
+                self.next_due_s[best],
+                self.visits[best],
+            ):
                 best = p
         return best
 

@@ -10,6 +10,7 @@ result-intake thread.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import time
@@ -370,34 +371,46 @@ def _run(
         core.mda.events.frameReady.disconnect(acquisition.on_frame)
         core.mda.events.sequenceStarted.disconnect(sequence_started)
         elapsed = time.monotonic() - acquisition.started
-        if server is not None:
-            server.close(drain_s=plan.stream.drain_s)
-        intake.close()
+        # The acquisition's record goes to disk first, whatever happens next.
         ledger.write_csv(folder / "frames.csv")
-        stats = server.stats if server is not None else None
-        summary = RunSummary(
-            folder=str(folder),
-            finish_reason=reason,
-            frames=acquisition.frames,
-            positions=len(sites),
-            elapsed_s=round(elapsed, 3),
-            frames_per_s=round(acquisition.frames / elapsed, 3) if elapsed > 0 else 0.0,
-            delivered_dose_mj=round(acquisition.dose_mj, 6),
-            stream_states=ledger.counts(),
-            results=intake.written,
-            rejected_messages=stats.rejected if stats else 0,
-            latency_p50_ms=ledger.latency_ms(0.5),
-            latency_p99_ms=ledger.latency_ms(0.99),
-        )
-        record.update(
-            ended=datetime.now().isoformat(timespec="seconds"),
-            finish={"reason": reason, "detail": detail},
-            raw=raw.name,
-            summary=asdict(summary),
-            stream_stats=asdict(stats) if stats else None,
-        )
-        write_json(folder / "run.json", record)
-    return summary
+        outcome: dict[str, RunSummary] = {}
+
+        def write_record() -> None:
+            ledger.write_csv(folder / "frames.csv")  # with the final stream states
+            stats = server.stats if server is not None else None
+            summary = RunSummary(
+                folder=str(folder),
+                finish_reason=reason,
+                frames=acquisition.frames,
+                positions=len(sites),
+                elapsed_s=round(elapsed, 3),
+                frames_per_s=round(acquisition.frames / elapsed, 3)
+                if elapsed > 0
+                else 0.0,
+                delivered_dose_mj=round(acquisition.dose_mj, 6),
+                stream_states=ledger.counts(),
+                results=intake.written,
+                rejected_messages=stats.rejected if stats else 0,
+                latency_p50_ms=ledger.latency_ms(0.5),
+                latency_p99_ms=ledger.latency_ms(0.99),
+            )
+            record.update(
+                ended=datetime.now().isoformat(timespec="seconds"),
+                finish={"reason": reason, "detail": detail},
+                raw=raw.name,
+                summary=asdict(summary),
+                stream_stats=asdict(stats) if stats else None,
+            )
+            write_json(folder / "run.json", record)
+            outcome["summary"] = summary
+
+        # Each step runs even if one before it fails or is interrupted.
+        with contextlib.ExitStack() as closing:
+            closing.callback(write_record)
+            closing.callback(intake.close)
+            if server is not None:
+                closing.callback(server.close, drain_s=plan.stream.drain_s)
+    return outcome["summary"]
 
 
 def _status(

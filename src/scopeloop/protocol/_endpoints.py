@@ -144,8 +144,6 @@ class FrameServer:
             ("submitted", "skipped", "sent", "lost", "results", "rejected"), 0
         )
         self._workers: dict[bytes, _Worker] = {}
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
         self._stop = threading.Event()
         self._worker_seen = threading.Event()
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
@@ -159,6 +157,8 @@ class FrameServer:
             self._socket.close()
             raise ConfigError(f"cannot listen on {address!r}: {e}") from None
         self.bound_address = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
         self._thread = threading.Thread(
             target=self._run, name="scopeloop-stream", daemon=True
         )
@@ -215,35 +215,39 @@ class FrameServer:
         """
         if self._closed:
             return
-        self._closed = True
-        deadline = time.monotonic() + drain_s
-        while drain_s > 0 and time.monotonic() < deadline:
-            s = self.stats
-            if s.in_flight == 0 and (s.queue_depth == 0 or s.workers == 0):
-                break
-            time.sleep(0.02)
-        self._stop.set()
-        with contextlib.suppress(BlockingIOError):
-            os.write(self._wake_w, b"\0")
-        self._thread.join()
-        with self._lock:
-            left = [f.frame_index for f, _ in self._pending.values()]
-            self._pending.clear()
-            self._counts["skipped"] += len(left)
-            lost = [
-                (w.worker_id, i) for w in self._workers.values() for i in w.in_flight
-            ]
-            self._counts["lost"] += len(lost)
-            self._workers.clear()
-        for index in left:
-            self._listener.frame_skipped(index, "run ended")
-        for worker_id, index in lost:
-            self._listener.frame_lost(
-                index, f"no result from {worker_id} before the end"
-            )
-        self._socket.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        try:
+            deadline = time.monotonic() + drain_s
+            while drain_s > 0 and time.monotonic() < deadline:
+                s = self.stats
+                if s.in_flight == 0 and (s.queue_depth == 0 or s.workers == 0):
+                    break
+                time.sleep(0.02)
+        finally:  # an interrupted drain still closes everything
+            self._closed = True
+            self._stop.set()
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._wake_w, b"\0")
+            self._thread.join()
+            with self._lock:
+                left = [f.frame_index for f, _ in self._pending.values()]
+                self._pending.clear()
+                self._counts["skipped"] += len(left)
+                lost = [
+                    (w.worker_id, i)
+                    for w in self._workers.values()
+                    for i in w.in_flight
+                ]
+                self._counts["lost"] += len(lost)
+                self._workers.clear()
+            for index in left:
+                self._listener.frame_skipped(index, "run ended")
+            for worker_id, index in lost:
+                self._listener.frame_lost(
+                    index, f"no result from {worker_id} before the end"
+                )
+            self._socket.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
     # -- the I/O thread -----------------------------------------------------
 
@@ -352,10 +356,12 @@ class FrameServer:
                     f"no result from {worker.worker_id} within "
                     f"{self._result_timeout_s:g} s",
                 )
+        # A worker busy with frames is judged by result_timeout_s above (a long
+        # analysis sends nothing); an idle one by its heartbeats.
         gone = [
             k
             for k, w in self._workers.items()
-            if now - w.last_seen > self._worker_timeout_s
+            if not w.in_flight and now - w.last_seen > self._worker_timeout_s
         ]
         for key in gone:
             with self._lock:

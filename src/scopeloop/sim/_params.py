@@ -105,8 +105,9 @@ class CultureParams(BaseModel):
         le=1000,
         alias="Brightness",
         description=(
-            "Photons reaching one 1x1 pixel from a G1 nucleus, per mW of laser "
-            "power and per ms of exposure, before bleaching."
+            "Photons reaching a 0.5 um pixel (in the sample) from a G1 nucleus, "
+            "per mW of laser power and per ms of exposure, before bleaching; a "
+            "pixel's share scales with the area it sees."
         ),
     )
     brightness_cv: float = Field(
@@ -128,7 +129,7 @@ class CultureParams(BaseModel):
         ge=0,
         le=100,
         alias="Background",
-        description="Autofluorescence photons per pixel per mW per ms.",
+        description="Autofluorescence photons per 0.5 um pixel per mW per ms.",
     )
     bleach_dose_mj: float = Field(
         150.0,

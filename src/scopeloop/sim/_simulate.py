@@ -130,8 +130,11 @@ def _acquire(
     core.setProperty(hub, "Clock", "Manual")
     core.setProperty(hub, "SpeedUp", options.speedup)
     world = world_of(core, hub)
-    core.setExposure(options.exposure_ms)
-    core.setProperty(laser, "PowerSetpoint_mW", options.laser_power_mw)
+    try:
+        core.setExposure(options.exposure_ms)
+        core.setProperty(laser, "PowerSetpoint_mW", options.laser_power_mw)
+    except ValueError as e:  # the rig's own limits
+        raise ConfigError(f"the rig refuses the options: {e}") from None
     if core.getShutterDevice():
         core.setShutterOpen(True)
 
@@ -213,7 +216,9 @@ def _acquire(
         dead_nuclei=dead,
         sim_time_h=round(world.now() / 3600, 3),
         wall_time_s=round(wall, 3),
-        finished=interrupted is None and len(frames) == planned,
+        finished=interrupted is None
+        and len(frames) == planned
+        and core.mda.status.finish_reason != "errored",
         raw=_written_raw(out, raw),
     )
     (out / "simulation.json").write_text(
@@ -230,4 +235,10 @@ def _acquire(
     )
     if interrupted is not None:
         raise interrupted
+    if core.mda.status.finish_reason == "errored":
+        # The runner re-raises on its own thread; what was acquired is written.
+        raise DeviceError(
+            f"the acquisition stopped on an error after {len(frames)} of "
+            f"{planned} frames (see the log); what was acquired is in {out}"
+        )
     return summary

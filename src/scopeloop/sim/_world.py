@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 
     from ._params import CultureParams
 
-__all__ = ["ClockMode", "Exposure", "LightPath", "World"]
+__all__ = ["REFERENCE_PIXEL_UM", "ClockMode", "Exposure", "LightPath", "World"]
+
+REFERENCE_PIXEL_UM = 0.5  # pixel size at which Brightness and Background are given
 
 
 @dataclass(slots=True)
@@ -185,8 +187,11 @@ class World:
                 self.params.depth_of_field_um,
                 px,
             )
-            per_light *= light * binning * binning
-            background = self.params.background * light * binning * binning
+            # Brightness and Background are per 0.5 um pixel: a pixel collects
+            # in proportion to the area it sees in the sample.
+            area = (px / REFERENCE_PIXEL_UM) ** 2
+            per_light *= light * area
+            background = self.params.background * light * area
             dose = light / 1000.0
             self.culture.illuminate(
                 lp.stage_x_um, lp.stage_y_um, shape[1] * px, shape[0] * px, dose
