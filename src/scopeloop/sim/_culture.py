@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 
     from ._params import CultureParams
 
-__all__ = ["Culture", "Division", "NucleiView", "Phase"]
+__all__ = ["Culture", "Division", "NucleiView", "Phase", "wrapped_offset"]
+
+_T = TypeVar("_T", float, "NDArray[np.float64]")
 
 # Fractions of mitosis_min spent in each stage. Prophase and metaphase belong to
 # the mother; the daughters are born at anaphase onset. Telophase (daughters
@@ -32,6 +34,14 @@ TELOPHASE_FRACTION = 0.30
 
 MAX_STEP_S = 30.0
 _TEXTURE_BANK_SIZE = 32
+
+
+def wrapped_offset(value: _T, origin: float, period: float) -> _T:
+    """`value - origin` on a slide that wraps around every `period`.
+
+    The result lies in [-period / 2, period / 2).
+    """
+    return (value - origin + period / 2) % period - period / 2
 
 
 class Phase(IntEnum):
@@ -377,12 +387,8 @@ class Culture:
         The slide wraps around, so offsets are taken modulo the slide size.
         """
         p = self.params
-        dx = (
-            self.x - centre_x_um + p.slide_width_um / 2
-        ) % p.slide_width_um - p.slide_width_um / 2
-        dy = (
-            self.y - centre_y_um + p.slide_height_um / 2
-        ) % p.slide_height_um - p.slide_height_um / 2
+        dx = wrapped_offset(self.x, centre_x_um, p.slide_width_um)
+        dy = wrapped_offset(self.y, centre_y_um, p.slide_height_um)
         inside = (np.abs(dx) <= width_um / 2 + margin_um) & (
             np.abs(dy) <= height_um / 2 + margin_um
         )

@@ -15,6 +15,7 @@ mode, so the demo configuration keeps the shutter open and auto-shutter off.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass, field
 from functools import cache
@@ -80,6 +81,15 @@ def _rig(key: int, hub_label: str) -> _Rig:
         return _RIGS.setdefault((key, hub_label), _Rig())
 
 
+def labels_of(core: Any, cls: type) -> list[str]:
+    """Labels of the Python devices of class `cls` that `core` has loaded."""
+    return [
+        label
+        for label in core.getLoadedDevices()
+        if core.isPyDevice(label) and core.getDeviceName(label) == cls.__name__
+    ]
+
+
 def world_of(core: Any, hub_label: str | None = None) -> World:
     """The simulated `World` behind a core loaded with a scopeloop.sim config.
 
@@ -91,15 +101,7 @@ def world_of(core: Any, hub_label: str | None = None) -> World:
         The hub's label; may be omitted when only one SimHub is loaded.
 
     """
-    labels = (
-        [hub_label]
-        if hub_label
-        else [
-            label
-            for label in core.getLoadedDevices()
-            if core.isPyDevice(label) and core.getDeviceName(label) == SimHub.name()
-        ]
-    )
+    labels = [hub_label] if hub_label else labels_of(core, SimHub)
     if len(labels) != 1:
         raise DeviceError(
             f"expected one SimHub in the loaded configuration, found {len(labels)}"
@@ -500,11 +502,7 @@ class SimCamera(_OnWorld, SimpleCameraDevice):
         self._replace_sensor(gain_adu_per_e=float(value))
 
     def _replace_sensor(self, **changes: float) -> None:
-        fields = {
-            f: getattr(self._sensor, f) for f in self._sensor.__dataclass_fields__
-        }
-        fields.update(changes)
-        self._sensor = SensorModel(**fields)
+        self._sensor = dataclasses.replace(self._sensor, **changes)
 
     @pymm_property(limits=(0.0, 100.0))
     def ReadNoise_e(self) -> float:

@@ -16,7 +16,7 @@ from scopeloop.hardware import default_config, load_core, run_until_done
 from scopeloop.versions import package_versions
 
 from ._culture import Phase
-from ._devices import SimHub, SimLaser, world_of
+from ._devices import SimHub, SimLaser, labels_of, world_of
 from ._truth import AcquiredFrame, write_ground_truth
 
 if TYPE_CHECKING:
@@ -32,11 +32,7 @@ __all__ = ["SimulationSummary", "run_simulation"]
 
 
 def _label_of(core: UniMMCore, cls: type) -> str:
-    labels = [
-        d
-        for d in core.getLoadedDevices()
-        if core.isPyDevice(d) and core.getDeviceName(d) == cls.__name__
-    ]
+    labels = labels_of(core, cls)
     if len(labels) != 1:
         raise DeviceError(
             f"the configuration must load exactly one {cls.__name__}, found "

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import tifffile
 
-from ._culture import Phase
+from ._culture import Phase, wrapped_offset
 from ._render import render_labels
 
 if TYPE_CHECKING:
@@ -70,8 +70,8 @@ def _pixel_of(
     exposure: Exposure, x_um: float, y_um: float, slide: tuple[float, float]
 ) -> tuple[float, float]:
     w, h = slide
-    dx = (x_um - exposure.stage_x_um + w / 2) % w - w / 2
-    dy = (y_um - exposure.stage_y_um + h / 2) % h - h / 2
+    dx = wrapped_offset(x_um, exposure.stage_x_um, w)
+    dy = wrapped_offset(y_um, exposure.stage_y_um, h)
     rows, cols = exposure.shape
     return (
         dy / exposure.pixel_um + rows / 2 - 0.5,
