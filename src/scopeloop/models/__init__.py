@@ -1,0 +1,1 @@
+"""Torch models of the worker: denoiser, nucleus labels, mitosis score."""
