@@ -22,7 +22,7 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlparse
 
 import zmq
@@ -33,13 +33,18 @@ from ._codec import ProtocolError, decode, encode
 from ._messages import FrameMessage, Heartbeat, Hello, ResultMessage
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     import numpy as np
+
+    from ._messages import Message
 
 __all__ = ["FrameClient", "FrameServer", "ServerListener", "ServerStats"]
 
 logger = logging.getLogger("scopeloop.protocol")
+
+_POLL_MS = 250  # the I/O thread's longest sleep
+_CHECK_S = 0.02  # how often it looks for overdue frames and silent workers
 
 
 def check_loopback(address: str) -> None:
@@ -60,13 +65,26 @@ def check_loopback(address: str) -> None:
         )
 
 
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+
+
 def _readable(socket: zmq.Socket[bytes]) -> bool:
     """Whether a message waits (cheaper than a receive that fails)."""
-    return bool(int(socket.get(zmq.EVENTS)) & zmq.POLLIN)
+    return bool(int(socket.getsockopt(_EVENTS)) & _POLLIN)
 
 
 class ServerListener(Protocol):
-    """What the server reports, from its I/O thread (keep each call quick)."""
+    """What the server reports (keep each call quick).
+
+    Reports come from the server's I/O thread, in the order things happened
+    (a frame's `frame_sent` before its `result_received` or `frame_lost`),
+    except `frame_skipped` for a frame superseded in the queue, which comes
+    from the thread that submitted the newer frame, and the reports of
+    `FrameServer.close`, which come from the closing thread. `frame_sent` of a
+    frame sent by `FrameServer.submit` is delivered on the I/O thread's next
+    round (at the latest with the frame's result, or within a quarter second).
+    """
 
     def frame_sent(self, frame_index: int, worker_id: str, sent_at: float) -> None:
         """A frame left for a worker."""
@@ -109,12 +127,19 @@ class _Worker:
 class FrameServer:
     """Controller end: queues frames, sends them to workers, takes results.
 
+    A frame submitted while a worker has a credit is sent at once, on the
+    submitting thread; otherwise it waits in the queue and the I/O thread sends
+    it when a result returns a credit. Every use of the socket happens under
+    one lock (ZeroMQ sockets may change threads behind a memory barrier), and
+    the I/O thread waits on the socket's file descriptor rather than on the
+    socket, so waiting never holds the lock.
+
     Parameters
     ----------
     address
         Where to bind, e.g. ``tcp://127.0.0.1:5555`` (loopback only).
     listener
-        Receives sent/skipped/lost/result reports from the I/O thread.
+        Receives sent/skipped/lost/result reports (see `ServerListener`).
     max_queue
         Frames kept waiting at most (the newest per position; the oldest
         overall is skipped beyond that).
@@ -134,16 +159,19 @@ class FrameServer:
         check_loopback(address)
         self._result_timeout_s = result_timeout_s
         self._closed = False
+        self._stopping = False
         self.address = address
         self._listener = listener
         self._max_queue = max_queue
         self._worker_timeout_s = worker_timeout_s
         self._pending: OrderedDict[int, tuple[FrameMessage, np.ndarray]] = OrderedDict()
         self._lock = threading.Lock()
-        self._counts = dict.fromkeys(
-            ("submitted", "skipped", "sent", "lost", "results", "rejected"), 0
-        )
+        self._submitted = self._skipped = self._sent = 0
+        self._lost = self._results = self._rejected = 0
         self._workers: dict[bytes, _Worker] = {}
+        # Reports made under the lock, delivered in order by the I/O thread.
+        self._notes: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+        self._io_waiting = False
         self._stop = threading.Event()
         self._worker_seen = threading.Event()
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
@@ -167,30 +195,32 @@ class FrameServer:
     # -- called from the acquisition thread ---------------------------------
 
     def submit(self, frame: FrameMessage, image: np.ndarray) -> None:
-        """Queue a frame for analysis; never blocks.
+        """Queue a frame for analysis, or send it at once; never waits for a worker.
 
         A frame still waiting at the same position is skipped ("superseded"):
         the newest frame per position is the one worth analysing.
         """
         skipped: list[int] = []
         with self._lock:
-            self._counts["submitted"] += 1
-            was_empty = not self._pending
-            old = self._pending.pop(frame.position, None)
+            self._submitted += 1
+            pending = self._pending
+            position = frame.position
+            old = pending.pop(position, None)
             if old is not None:
                 skipped.append(old[0].frame_index)
-            self._pending[frame.position] = (frame, image)
-            while len(self._pending) > self._max_queue:
-                _, (dropped, _) = self._pending.popitem(last=False)
+            pending[position] = (frame, image)
+            while len(pending) > self._max_queue:
+                _, (dropped, _) = pending.popitem(last=False)
                 skipped.append(dropped.frame_index)
-            self._counts["skipped"] += len(skipped)
+            self._skipped += len(skipped)
+            if not self._stopping:
+                # Reports of frames sent wait for the I/O thread's next round
+                # (it delivers them before any result for those frames); a
+                # worker lost on the way is reported at once.
+                urgent = self._dispatch(self._notes)
+                self._wake_if_needed(urgent)
         for index in skipped:
             self._listener.frame_skipped(index, "superseded")
-        if was_empty:
-            # A non-empty queue means the I/O thread is awake already or waits
-            # for a credit, which a result (waking it) brings.
-            with contextlib.suppress(BlockingIOError):
-                os.write(self._wake_w, b"\0")
 
     def wait_for_worker(self, timeout_s: float) -> bool:
         """Wait until a worker has said hello (or `timeout_s` passed)."""
@@ -201,7 +231,12 @@ class FrameServer:
         """Current counters."""
         with self._lock:
             return ServerStats(
-                **self._counts,
+                submitted=self._submitted,
+                sent=self._sent,
+                skipped=self._skipped,
+                lost=self._lost,
+                results=self._results,
+                rejected=self._rejected,
                 queue_depth=len(self._pending),
                 in_flight=sum(len(w.in_flight) for w in self._workers.values()),
                 workers=len(self._workers),
@@ -224,121 +259,189 @@ class FrameServer:
                 time.sleep(0.02)
         finally:  # an interrupted drain still closes everything
             self._closed = True
+            with self._lock:
+                self._stopping = True  # no more sends from submit
             self._stop.set()
-            with contextlib.suppress(BlockingIOError):
-                os.write(self._wake_w, b"\0")
+            self._wake()
             self._thread.join()
             with self._lock:
+                notes, self._notes = self._notes, []
                 left = [f.frame_index for f, _ in self._pending.values()]
                 self._pending.clear()
-                self._counts["skipped"] += len(left)
+                self._skipped += len(left)
                 lost = [
                     (w.worker_id, i)
                     for w in self._workers.values()
                     for i in w.in_flight
                 ]
-                self._counts["lost"] += len(lost)
+                self._lost += len(lost)
                 self._workers.clear()
+                self._socket.close()
+            self._deliver(notes)
             for index in left:
                 self._listener.frame_skipped(index, "run ended")
             for worker_id, index in lost:
                 self._listener.frame_lost(
                     index, f"no result from {worker_id} before the end"
                 )
-            self._socket.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
 
     # -- the I/O thread -----------------------------------------------------
 
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"\0")
+
+    def _wake_if_needed(self, urgent: bool) -> None:
+        """After using the socket (lock held): wake the I/O thread if it must act.
+
+        The socket's descriptor is edge-triggered: using the socket may take
+        the signal of a message that is waiting, so the I/O thread, if it is
+        waiting, must be told; so it must if `urgent` reports wait for it.
+        """
+        if self._io_waiting and (urgent or _readable(self._socket)):
+            self._io_waiting = False
+            self._wake()
+
     def _run(self) -> None:
         poller = zmq.Poller()
-        poller.register(self._socket, zmq.POLLIN)
+        poller.register(self._socket.getsockopt(zmq.FD), zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        while not self._stop.is_set():
-            ready = dict(poller.poll(timeout=250))
-            if self._wake_r in ready:
-                os.read(self._wake_r, 4096)
-            if self._socket in ready:
-                self._receive_all()
-            self._expire_workers()
-            self._dispatch()
-
-    def _receive_all(self) -> None:
-        while _readable(self._socket):
-            identity, *parts = self._socket.recv_multipart(copy=False)
+        socket = self._socket
+        next_check = 0.0
+        while True:
+            with self._lock:
+                self._io_waiting = False
+                messages = []
+                while _readable(socket):
+                    messages.append(socket.recv_multipart(copy=False))
             now = time.monotonic()
+            decoded = [self._decode(parts) for parts in messages]
+            with self._lock:
+                calls, self._notes = self._notes, []
+                for item in decoded:
+                    if item is not None:
+                        self._handle(*item, now, calls)
+                if now >= next_check:
+                    self._expire_workers(now, calls)
+                    next_check = now + _CHECK_S
+            # What happened is reported before any frame goes out in its wake.
+            self._deliver(calls)
+            with self._lock:
+                calls, self._notes = self._notes, []
+                stop = self._stop.is_set()
+                busy = False
+                if not stop:
+                    self._dispatch(calls)
+                    # Sleep only with nothing waiting: the descriptor will not
+                    # signal a message that was already there.
+                    busy = _readable(socket)
+                    self._io_waiting = not busy
+            self._deliver(calls)
+            if stop:
+                return
+            if not busy:
+                ready = poller.poll(timeout=_POLL_MS)
+                if any(fd == self._wake_r for fd, _ in ready):
+                    os.read(self._wake_r, 4096)
+
+    def _deliver(
+        self, calls: list[tuple[Callable[..., None], tuple[Any, ...]]]
+    ) -> None:
+        for call, args in calls:
             try:
-                header, arrays = decode(parts)
-            except ProtocolError as e:
-                self._reject(identity.bytes, str(e))
-                continue
-            key = identity.bytes
-            if isinstance(header, Hello):
-                self._hello(key, header, now)
-            elif key not in self._workers:
-                self._reject(key, f"{header.kind} from an unknown worker (no hello)")
-            elif isinstance(header, Heartbeat):
-                self._workers[key].last_seen = now
-                self._send(key, Heartbeat(sender="controller", time_s=now))
-            elif isinstance(header, ResultMessage):
-                self._result(key, header, arrays, now)
-            else:
-                self._reject(key, f"unexpected {header.kind!r} message from a worker")
+                call(*args)
+            except Exception:  # a listener's failure must not stop the stream
+                logger.exception("stream listener failed")
+
+    def _decode(
+        self, message: list[zmq.Frame]
+    ) -> tuple[bytes, Message, list[np.ndarray]] | None:
+        identity, *parts = message
+        key = identity.bytes
+        try:
+            header, arrays = decode(parts)
+        except ProtocolError as e:
+            with self._lock:
+                self._reject(key, str(e))
+            return None
+        return key, header, arrays
+
+    def _handle(
+        self,
+        key: bytes,
+        header: Message,
+        arrays: list[np.ndarray],
+        now: float,
+        calls: list[tuple[Callable[..., None], tuple[Any, ...]]],
+    ) -> None:
+        """Act on one received message (lock held)."""
+        worker = self._workers.get(key)
+        if isinstance(header, ResultMessage) and worker is not None:
+            worker.last_seen = now
+            if worker.in_flight.pop(header.frame_index, None) is None:
+                self._rejected += 1
+                logger.warning(
+                    "result for frame %d that %s was not sent",
+                    header.frame_index,
+                    worker.worker_id,
+                )
+                return
+            worker.credits += 1
+            self._results += 1
+            calls.append((self._listener.result_received, (header, arrays, now)))
+        elif isinstance(header, Hello):
+            self._hello(key, header, now, calls)
+        elif worker is None:
+            self._reject(key, f"{header.kind} from an unknown worker (no hello)")
+        elif isinstance(header, Heartbeat):
+            worker.last_seen = now
+            self._send(key, encode(Heartbeat(sender="controller", time_s=now)))
+        else:
+            self._reject(key, f"unexpected {header.kind!r} message from a worker")
 
     def _reject(self, identity: bytes, reason: str) -> None:
-        with self._lock:
-            self._counts["rejected"] += 1
-            n = self._counts["rejected"]
+        self._rejected += 1
+        n = self._rejected
         if n <= 10 or n % 100 == 0:
             logger.warning("rejected message #%d from %r: %s", n, identity, reason)
 
-    def _hello(self, key: bytes, hello: Hello, now: float) -> None:
-        with self._lock:
-            old = self._workers.pop(key, None)
-            self._workers[key] = _Worker(hello.worker_id, hello.credits, now)
+    def _hello(
+        self,
+        key: bytes,
+        hello: Hello,
+        now: float,
+        calls: list[tuple[Callable[..., None], tuple[Any, ...]]],
+    ) -> None:
+        old = self._workers.pop(key, None)
+        self._workers[key] = _Worker(hello.worker_id, hello.credits, now)
         self._worker_seen.set()
         if old is not None:
-            self._lose(old, "worker said hello again")
+            self._lose(old, "worker said hello again", calls)
         logger.info(
             "worker %s connected (%s, %d credits)",
             hello.worker_id,
             hello.device,
             hello.credits,
         )
-        self._send(key, Heartbeat(sender="controller", time_s=now))
+        self._send(key, encode(Heartbeat(sender="controller", time_s=now)))
 
-    def _result(
-        self, key: bytes, result: ResultMessage, arrays: list[np.ndarray], now: float
+    def _lose(
+        self,
+        worker: _Worker,
+        reason: str,
+        calls: list[tuple[Callable[..., None], tuple[Any, ...]]],
     ) -> None:
-        worker = self._workers[key]
-        worker.last_seen = now
-        with self._lock:
-            expected = worker.in_flight.pop(result.frame_index, None) is not None
-            if expected:
-                worker.credits += 1
-            else:
-                self._counts["rejected"] += 1
-        if not expected:
-            logger.warning(
-                "result for frame %d that %s was not sent",
-                result.frame_index,
-                worker.worker_id,
-            )
-            return
-        with self._lock:
-            self._counts["results"] += 1
-        self._listener.result_received(result, arrays, now)
+        self._lost += len(worker.in_flight)
+        report = f"{worker.worker_id}: {reason}"
+        calls.extend((self._listener.frame_lost, (i, report)) for i in worker.in_flight)
+        worker.in_flight.clear()
 
-    def _lose(self, worker: _Worker, reason: str) -> None:
-        with self._lock:
-            self._counts["lost"] += len(worker.in_flight)
-        for index in worker.in_flight:
-            self._listener.frame_lost(index, f"{worker.worker_id}: {reason}")
-
-    def _expire_workers(self) -> None:
-        now = time.monotonic()
-        for worker in list(self._workers.values()):
+    def _expire_workers(
+        self, now: float, calls: list[tuple[Callable[..., None], tuple[Any, ...]]]
+    ) -> None:
+        for key, worker in list(self._workers.items()):
             # A frame unanswered for long (e.g. its result was malformed and
             # rejected) is given up, and its credit returned to the worker.
             overdue = [
@@ -347,70 +450,75 @@ class FrameServer:
                 if now - sent > self._result_timeout_s
             ]
             for index in overdue:
-                with self._lock:
-                    worker.in_flight.pop(index, None)
-                    worker.credits += 1
-                    self._counts["lost"] += 1
-                self._listener.frame_lost(
-                    index,
-                    f"no result from {worker.worker_id} within "
-                    f"{self._result_timeout_s:g} s",
+                del worker.in_flight[index]
+                worker.credits += 1
+                self._lost += 1
+                calls.append(
+                    (
+                        self._listener.frame_lost,
+                        (
+                            index,
+                            f"no result from {worker.worker_id} within "
+                            f"{self._result_timeout_s:g} s",
+                        ),
+                    )
                 )
-        # A worker busy with frames is judged by result_timeout_s above (a long
-        # analysis sends nothing); an idle one by its heartbeats.
-        gone = [
-            k
-            for k, w in self._workers.items()
-            if not w.in_flight and now - w.last_seen > self._worker_timeout_s
-        ]
-        for key in gone:
-            with self._lock:
-                worker = self._workers.pop(key)
-            logger.warning(
-                "worker %s silent for %.1f s: dropped",
-                worker.worker_id,
-                now - worker.last_seen,
-            )
-            self._lose(worker, "went silent")
+            # A worker busy with frames is judged by result_timeout_s above (a
+            # long analysis sends nothing); an idle one by its heartbeats.
+            if not worker.in_flight and now - worker.last_seen > self._worker_timeout_s:
+                del self._workers[key]
+                logger.warning(
+                    "worker %s silent for %.1f s: dropped",
+                    worker.worker_id,
+                    now - worker.last_seen,
+                )
 
-    def _dispatch(self) -> None:
-        while True:
-            with self._lock:
-                ready = [(k, w) for k, w in self._workers.items() if w.credits > 0]
-                if not ready or not self._pending:
-                    return
-                key, worker = max(ready, key=lambda kw: kw[1].credits)
-                _, (frame, image) = self._pending.popitem(last=False)
-                worker.credits -= 1
-            if not self._send(key, frame, [image]):
-                with self._lock:
-                    self._workers.pop(key, None)
-                    requeue = frame.position not in self._pending
-                    if requeue:
-                        self._pending[frame.position] = (frame, image)
-                        self._pending.move_to_end(frame.position, last=False)
-                    else:
-                        self._counts["skipped"] += 1
-                if not requeue:
-                    self._listener.frame_skipped(frame.frame_index, "superseded")
-                self._lose(worker, "unreachable")
+    def _dispatch(
+        self, calls: list[tuple[Callable[..., None], tuple[Any, ...]]]
+    ) -> bool:
+        """Send queued frames to workers with credits (lock held).
+
+        Returns whether a worker was found unreachable.
+        """
+        failed = False
+        pending = self._pending
+        while pending:
+            key, worker = b"", None
+            for k, w in self._workers.items():
+                if w.credits > (worker.credits if worker is not None else 0):
+                    key, worker = k, w
+            if worker is None:
+                return failed
+            _, (frame, image) = pending.popitem(last=False)
+            worker.credits -= 1
+            if not self._send(key, encode(frame, (image,))):
+                del self._workers[key]
+                if frame.position not in pending:
+                    pending[frame.position] = (frame, image)
+                    pending.move_to_end(frame.position, last=False)
+                else:
+                    self._skipped += 1
+                    calls.append(
+                        (
+                            self._listener.frame_skipped,
+                            (frame.frame_index, "superseded"),
+                        )
+                    )
+                self._lose(worker, "unreachable", calls)
+                failed = True
                 continue
             now = time.monotonic()
-            with self._lock:
-                worker.in_flight[frame.frame_index] = now
-                self._counts["sent"] += 1
-            self._listener.frame_sent(frame.frame_index, worker.worker_id, now)
-
-    def _send(
-        self,
-        key: bytes,
-        header: FrameMessage | Heartbeat,
-        arrays: Sequence[np.ndarray] = (),
-    ) -> bool:
-        try:
-            self._socket.send_multipart(
-                [key, *encode(header, arrays)], zmq.NOBLOCK, copy=False
+            worker.in_flight[frame.frame_index] = now
+            self._sent += 1
+            calls.append(
+                (self._listener.frame_sent, (frame.frame_index, worker.worker_id, now))
             )
+        return failed
+
+    def _send(self, key: bytes, parts: list[Any]) -> bool:
+        """Send one message to a worker (lock held); False if it cannot be."""
+        try:
+            self._socket.send_multipart([key, *parts], zmq.NOBLOCK, copy=False)
         except (zmq.Again, zmq.ZMQError) as e:
             logger.warning("cannot send to worker %r: %s", key, e)
             return False
@@ -458,6 +566,8 @@ class FrameClient:
         self._socket = self._ctx.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.connect(self.address)
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
         self._socket.send_multipart(encode(self._hello))
         now = time.monotonic()
         self._last_heard = now
@@ -465,41 +575,47 @@ class FrameClient:
 
     def receive(self, timeout_s: float = 1.0) -> tuple[FrameMessage, np.ndarray] | None:
         """The next frame, or None after `timeout_s` without one."""
-        assert self._socket is not None
-        deadline = time.monotonic() + timeout_s
+        socket = self._socket
+        assert socket is not None
+        deadline = None
         while True:
             now = time.monotonic()
             if now - self._last_heard > self._timeout_s:
-                self._connect()
+                self._connect()  # says hello again
+                socket = self._socket
+                assert socket is not None
             elif now - self._last_beat >= self._heartbeat_s:
-                self._socket.send_multipart(
-                    encode(Heartbeat(sender=self.worker_id, time_s=now))
-                )
+                socket.send(encode(Heartbeat(sender=self.worker_id, time_s=now))[0])
                 self._last_beat = now
-            wait = min(deadline, self._last_beat + self._heartbeat_s) - now
-            ready = _readable(self._socket) or self._socket.poll(
-                max(0, int(wait * 1000)), zmq.POLLIN
-            )
-            if ready:
-                parts = self._socket.recv_multipart(copy=False)
-                self._last_heard = now
-                try:
-                    header, arrays = decode(parts)
-                except ProtocolError as e:
-                    self.rejected += 1
-                    logger.warning("rejected message from controller: %s", e)
+            if deadline is None:
+                deadline = now + timeout_s
+            if not _readable(socket):
+                wait = min(deadline, self._last_beat + self._heartbeat_s) - now
+                if not self._poller.poll(max(0, int(wait * 1000))):
+                    if time.monotonic() >= deadline:
+                        return None
                     continue
-                if isinstance(header, FrameMessage):
-                    return header, arrays[0]
-            elif time.monotonic() >= deadline:
-                return None
+            parts = socket.recv_multipart(copy=False)
+            self._last_heard = now
+            try:
+                header, arrays = decode(parts)
+            except ProtocolError as e:
+                self.rejected += 1
+                logger.warning("rejected message from controller: %s", e)
+                continue
+            if isinstance(header, FrameMessage):
+                return header, arrays[0]
 
     def send_result(
         self, result: ResultMessage, arrays: Sequence[np.ndarray] = ()
     ) -> None:
         """Return a result (and with it, one credit)."""
         assert self._socket is not None
-        self._socket.send_multipart(encode(result, arrays), copy=False)
+        parts = encode(result, arrays)
+        if len(parts) == 1:
+            self._socket.send(parts[0])
+        else:
+            self._socket.send_multipart(parts, copy=False)
 
     def close(self) -> None:
         """Close the socket."""
