@@ -1,0 +1,35 @@
+"""The inference worker: receives frames, returns restored images, labels, divisions.
+
+Run it with ``scopeloop worker --address tcp://127.0.0.1:5555``; in Python,
+`Pipeline.load()` gives the pipeline with the shipped models and `serve` runs
+the loop against a controller.
+"""
+
+from ._pipeline import (
+    DenoiseModel,
+    FrameInput,
+    FrameOutput,
+    LabelModel,
+    MitosisModel,
+    Pipeline,
+    check_frame,
+)
+from ._server import WorkerStats, serve
+from ._tracker import Detection, Division, Track, Tracker, TrackerSettings
+
+__all__ = [
+    "DenoiseModel",
+    "Detection",
+    "Division",
+    "FrameInput",
+    "FrameOutput",
+    "LabelModel",
+    "MitosisModel",
+    "Pipeline",
+    "Track",
+    "Tracker",
+    "TrackerSettings",
+    "WorkerStats",
+    "check_frame",
+    "serve",
+]
