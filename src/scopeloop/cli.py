@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -280,6 +280,186 @@ def run(
     Console().print(table)
     if summary.finish_reason == "cancelled":
         raise typer.Exit(code=130)
+
+
+_ADDRESS = "tcp://127.0.0.1:5555"
+
+
+def _model_option(kind: str) -> Any:
+    return typer.Option(
+        help=f"{kind} model file [default: the shipped weights].",
+        exists=True,
+        dir_okay=False,
+    )
+
+
+def _load_pipeline(
+    device: str,
+    denoiser: Path | None,
+    no_denoise: bool,
+    labels: Path | None,
+    mitosis: Path | None,
+) -> Any:
+    from scopeloop.worker import Pipeline
+
+    with console.status("loading models"):
+        return Pipeline.load(
+            device=device,
+            denoiser=False if no_denoise else denoiser,
+            labels=labels,
+            mitosis=mitosis,
+        )
+
+
+@app.command()
+def worker(
+    address: Annotated[
+        str, typer.Option(help="The controller's stream address.")
+    ] = _ADDRESS,
+    device: Annotated[
+        str, typer.Option(help="Where the networks run: auto, cpu, cuda, cuda:N.")
+    ] = "auto",
+    credits: Annotated[
+        int, typer.Option(min=1, max=64, help="Frames taken before answering.")
+    ] = 2,
+    batch: Annotated[
+        int, typer.Option(min=1, max=64, help="Most frames analysed together.")
+    ] = 4,
+    denoiser: Annotated[Path | None, _model_option("Denoiser")] = None,
+    no_denoise: Annotated[
+        bool, typer.Option("--no-denoise", help="Label the raw frames.")
+    ] = False,
+    labels: Annotated[Path | None, _model_option("Nucleus label")] = None,
+    mitosis: Annotated[Path | None, _model_option("Mitosis score")] = None,
+    send_images: Annotated[
+        bool,
+        typer.Option(help="Send restored frames and labels back (else tables only)."),
+    ] = True,
+    frames: Annotated[
+        int | None, typer.Option(min=1, help="Stop after this many frames.")
+    ] = None,
+    idle_exit: Annotated[
+        float | None,
+        typer.Option(min=0, help="Stop after this many seconds without a frame."),
+    ] = None,
+) -> None:
+    """Run an inference worker: denoise, label and track what a controller streams."""
+    import threading
+
+    from scopeloop.worker import serve
+
+    try:
+        pipeline = _load_pipeline(device, denoiser, no_denoise, labels, mitosis)
+    except ScopeloopError as e:
+        raise _fail(str(e)) from None
+    with console.status("warming up"):
+        pipeline.warm_up()
+    console.print(
+        f"worker on {pipeline.device}, models "
+        + ", ".join(f"{k} {v[:12]}" for k, v in pipeline.models.items())
+        + f"; connecting to {address}",
+        highlight=False,
+    )
+    stop = threading.Event()
+    live = Live(console=console, refresh_per_second=4, transient=True)
+
+    def on_batch(stats: Any, _outputs: Any) -> None:
+        live.update(
+            f"frames {stats.frames} ({stats.frames_per_s:.1f}/s), "
+            f"errors {stats.errors}, divisions {stats.divisions}"
+        )
+
+    live.start()
+    try:
+        stats = serve(
+            address,
+            pipeline,
+            credits=credits,
+            max_batch=batch,
+            send_images=send_images,
+            stop=stop,
+            max_frames=frames,
+            idle_exit_s=idle_exit,
+            on_batch=on_batch,
+        )
+    except KeyboardInterrupt:
+        stop.set()
+        live.stop()
+        console.print("worker stopped")
+        raise typer.Exit(code=130) from None
+    finally:
+        live.stop()
+    busy = stats.busy_s / stats.frames * 1000 if stats.frames else 0.0
+    console.print(
+        f"worker done: {stats.frames} frames, {stats.errors} errors, "
+        f"{stats.divisions} divisions, {busy:.0f} ms per frame busy",
+        highlight=False,
+    )
+
+
+@app.command()
+def analyze(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="A TIFF/OME-TIFF (YX or TYX, one series per position) or a "
+            "scopeloop run folder.",
+            exists=True,
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder (new or empty).")
+    ],
+    device: Annotated[
+        str, typer.Option(help="Where the networks run: auto, cpu, cuda, cuda:N.")
+    ] = "auto",
+    batch: Annotated[
+        int, typer.Option(min=1, max=64, help="Frames analysed together.")
+    ] = 4,
+    denoiser: Annotated[Path | None, _model_option("Denoiser")] = None,
+    no_denoise: Annotated[
+        bool, typer.Option("--no-denoise", help="Label the raw frames.")
+    ] = False,
+    labels: Annotated[Path | None, _model_option("Nucleus label")] = None,
+    mitosis: Annotated[Path | None, _model_option("Mitosis score")] = None,
+) -> None:
+    """Run the worker's pipeline on a recording: restored, labels, nuclei, divisions."""
+    from scopeloop.worker import analyze_recording
+
+    try:
+        pipeline = _load_pipeline(device, denoiser, no_denoise, labels, mitosis)
+        progress = Progress(
+            TextColumn("analysing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        with progress:
+            task = progress.add_task("frames", total=None)
+            summary = analyze_recording(
+                source,
+                out,
+                pipeline,
+                batch=batch,
+                on_frame=lambda done, total: progress.update(
+                    task, completed=done, total=total
+                ),
+            )
+    except ScopeloopError as e:
+        raise _fail(str(e)) from None
+    table = Table(title=f"analysis -> {summary.out}", show_header=False)
+    table.add_row(
+        "frames",
+        f"{summary.frames} over {summary.positions} position(s), "
+        f"{summary.frames_per_s:.1f}/s",
+    )
+    table.add_row("nuclei (rows)", str(summary.nuclei))
+    table.add_row("divisions", str(summary.divisions))
+    if summary.errors:
+        table.add_row("frames with errors", str(summary.errors))
+    Console().print(table)
 
 
 def main() -> None:

@@ -11,9 +11,9 @@ size, noise, light) widely, so that models trained on it hold on real images.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from numpy.typing import NDArray
 
 from scopeloop.sim import (
     ClockMode,
@@ -23,6 +23,9 @@ from scopeloop.sim import (
     World,
     render_labels,
 )
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
 
 __all__ = ["ClipDivision", "SimClip", "random_clip", "simulate_clip"]
 

@@ -5,6 +5,7 @@ Run it with ``scopeloop worker --address tcp://127.0.0.1:5555``; in Python,
 the loop against a controller.
 """
 
+from ._analyze import AnalysisSummary, analyze_recording
 from ._pipeline import (
     DenoiseModel,
     FrameInput,
@@ -18,6 +19,7 @@ from ._server import WorkerStats, serve
 from ._tracker import Detection, Division, Track, Tracker, TrackerSettings
 
 __all__ = [
+    "AnalysisSummary",
     "DenoiseModel",
     "Detection",
     "Division",
@@ -30,6 +32,7 @@ __all__ = [
     "Tracker",
     "TrackerSettings",
     "WorkerStats",
+    "analyze_recording",
     "check_frame",
     "serve",
 ]
