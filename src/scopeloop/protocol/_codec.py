@@ -11,6 +11,8 @@ ever unpickled.
 from __future__ import annotations
 
 import json
+import math
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,9 +46,10 @@ def encode(header: BaseModel, arrays: Sequence[np.ndarray] = ()) -> list[Any]:
             f"{header.__class__.__name__} lists {len(specs)} buffers but "
             f"{len(arrays)} arrays were given"
         )
-    parts: list[Any] = [header.model_dump_json().encode()]
+    # model_dump_json without its str round trip: the serialiser makes bytes.
+    parts: list[Any] = [header.__pydantic_serializer__.to_json(header)]
     for spec, array in zip(specs, arrays, strict=True):
-        if array.dtype != spec.numpy_dtype or tuple(array.shape) != spec.shape:
+        if array.dtype != spec.numpy_dtype or array.shape != spec.shape:
             raise ProtocolError(
                 f"buffer {spec.name!r}: array is {array.dtype}{array.shape}, header "
                 f"says {spec.dtype}{spec.shape}"
@@ -99,10 +102,13 @@ def decode(parts: Sequence[Any]) -> tuple[Message, list[np.ndarray]]:
     """
     if not parts:
         raise ProtocolError("empty message")
-    head = _bytes_of(parts[0])
-    if head.nbytes > MAX_HEADER_BYTES:
-        raise ProtocolError(f"header of {head.nbytes} bytes exceeds {MAX_HEADER_BYTES}")
-    text = head.tobytes()
+    head = parts[0]
+    if type(head) is bytes:
+        text = head
+    else:
+        text = _bytes_of(head).tobytes()  # a zmq.Frame, a memoryview, ...
+    if len(text) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {len(text)} bytes exceeds {MAX_HEADER_BYTES}")
     try:
         header = _MESSAGE.validate_json(text, context=_WIRE)  # one pass, usually
     except ValidationError:
@@ -117,10 +123,18 @@ def decode(parts: Sequence[Any]) -> tuple[Message, list[np.ndarray]]:
     arrays = []
     for spec, part in zip(specs, parts[1:], strict=True):
         data = _bytes_of(part)
-        if data.nbytes != spec.nbytes:
+        dtype, nbytes = _layout(spec.dtype, spec.shape)
+        if data.nbytes != nbytes:
             raise ProtocolError(
-                f"buffer {spec.name!r}: {data.nbytes} bytes, expected {spec.nbytes} "
+                f"buffer {spec.name!r}: {data.nbytes} bytes, expected {nbytes} "
                 f"for {spec.dtype}{spec.shape}"
             )
-        arrays.append(np.frombuffer(data, spec.numpy_dtype).reshape(spec.shape))
+        arrays.append(np.frombuffer(data, dtype).reshape(spec.shape))
     return header, arrays
+
+
+@lru_cache(maxsize=64)
+def _layout(dtype: str, shape: tuple[int, ...]) -> tuple[np.dtype[Any], int]:
+    """The numpy dtype and byte size of a buffer (the same few, frame after frame)."""
+    numpy_dtype = np.dtype(dtype).newbyteorder("<")
+    return numpy_dtype, numpy_dtype.itemsize * math.prod(shape)

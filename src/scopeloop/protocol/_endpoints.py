@@ -69,9 +69,40 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 
 
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+_MORE = int(zmq.SNDMORE)
+
+
 def _readable(socket: zmq.Socket[bytes]) -> bool:
     """Whether a message waits (cheaper than a receive that fails)."""
     return bool(int(socket.getsockopt(_EVENTS)) & _POLLIN)
+
+
+# pyzmq's send_multipart/recv_multipart spend more time in Python than the
+# message itself costs; these do the same with plain int flags.
+
+
+def _recv_parts(socket: zmq.Socket[bytes]) -> list[zmq.Frame]:
+    """Every part of the next message (one is waiting), without copies."""
+    part = socket.recv(0, copy=False)
+    parts = [part]
+    while part.more:
+        part = socket.recv(0, copy=False)
+        parts.append(part)
+    return parts
+
+
+def _send_parts(socket: zmq.Socket[bytes], parts: Sequence[Any], noblock: bool) -> None:
+    """Send a multipart message: bytes parts copied (small), buffers not.
+
+    ZeroMQ takes a multipart message whole or not at all: a part after the
+    first cannot fail once the first was taken.
+    """
+    more, last = (_MORE_NOBLOCK, _NOBLOCK) if noblock else (_MORE, 0)
+    end = len(parts) - 1
+    for i, part in enumerate(parts):
+        socket.send(part, more if i < end else last, copy=type(part) is bytes)
 
 
 class ServerListener(Protocol):
@@ -315,7 +346,7 @@ class FrameServer:
                 self._io_waiting = False
                 messages = []
                 while _readable(socket):
-                    messages.append(socket.recv_multipart(copy=False))
+                    messages.append(_recv_parts(socket))
             now = time.monotonic()
             decoded = [self._decode(parts) for parts in messages]
             with self._lock:
@@ -518,7 +549,7 @@ class FrameServer:
     def _send(self, key: bytes, parts: list[Any]) -> bool:
         """Send one message to a worker (lock held); False if it cannot be."""
         try:
-            self._socket.send_multipart([key, *parts], zmq.NOBLOCK, copy=False)
+            _send_parts(self._socket, [key, *parts], noblock=True)
         except (zmq.Again, zmq.ZMQError) as e:
             logger.warning("cannot send to worker %r: %s", key, e)
             return False
@@ -595,7 +626,7 @@ class FrameClient:
                     if time.monotonic() >= deadline:
                         return None
                     continue
-            parts = socket.recv_multipart(copy=False)
+            parts = _recv_parts(socket)
             self._last_heard = now
             try:
                 header, arrays = decode(parts)
@@ -612,10 +643,7 @@ class FrameClient:
         """Return a result (and with it, one credit)."""
         assert self._socket is not None
         parts = encode(result, arrays)
-        if len(parts) == 1:
-            self._socket.send(parts[0])
-        else:
-            self._socket.send_multipart(parts, copy=False)
+        _send_parts(self._socket, parts, noblock=False)
 
     def close(self) -> None:
         """Close the socket."""
