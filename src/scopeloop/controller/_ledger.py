@@ -22,6 +22,7 @@ FRAME_COLUMNS = (
     "index", "position", "position_name", "t", "z", "time_s", "exposure_ms",
     "laser_power_mw", "dose_mj", "stream", "reason", "worker", "latency_ms",
 )  # fmt: skip
+_BLANK_ROW: dict[str, Any] = dict.fromkeys(FRAME_COLUMNS, "")
 
 
 class FrameLedger:
@@ -48,12 +49,11 @@ class FrameLedger:
 
     def add(self, index: int, row: dict[str, Any], acquired_at: float) -> None:
         """Record an acquired frame (`acquired_at`: monotonic seconds)."""
+        full = _BLANK_ROW.copy()
+        full.update(row)
+        full["index"] = index
         with self._lock:
-            self._rows[index] = {
-                **dict.fromkeys(FRAME_COLUMNS, ""),
-                **row,
-                "index": index,
-            }
+            self._rows[index] = full
             self._acquired_at[index] = acquired_at
 
     def _update(self, index: int, **values: Any) -> None:

@@ -167,6 +167,11 @@ class _Acquisition:
         self.started = time.monotonic()
         self.errors = 0
         self._specs: dict[tuple[tuple[int, ...], str], ArraySpec] = {}
+        self._laser = (
+            plan.illumination.laser_device,
+            plan.illumination.laser_property,
+        )
+        self._state = "queued" if server else "not streamed"
 
     def on_frame(self, image: np.ndarray, event: useq.MDAEvent, _meta: Any) -> None:
         now = time.monotonic()
@@ -181,19 +186,16 @@ class _Acquisition:
     def _record(
         self, index: int, image: np.ndarray, event: useq.MDAEvent, now: float
     ) -> None:
-        p = event.index.get("p", 0)
-        power = next(
-            (
-                float(v)
-                for d, prop, v in event.properties or ()
-                if (d, prop)
-                == (
-                    self.plan.illumination.laser_device,
-                    self.plan.illumination.laser_property,
-                )
-            ),
-            0.0,
-        )
+        event_index = event.index
+        p = event_index.get("p", 0)
+        t = event_index.get("t", 0)
+        z = event_index.get("z", 0)
+        name = self.sites[p].name
+        power = 0.0
+        for device, prop, value in event.properties or ():
+            if (device, prop) == self._laser:
+                power = float(value)
+                break
         exposure = float(event.exposure or 0.0)
         dose = power * exposure / 1000
         self.dose_mj += dose
@@ -202,14 +204,14 @@ class _Acquisition:
             index,
             {
                 "position": p,
-                "position_name": self.sites[p].name,
-                "t": event.index.get("t", 0),
-                "z": event.index.get("z", 0),
+                "position_name": name,
+                "t": t,
+                "z": z,
                 "time_s": round(elapsed, 4),
                 "exposure_ms": exposure,
                 "laser_power_mw": power,
                 "dose_mj": round(dose, 6),
-                "stream": "queued" if self.server else "not streamed",
+                "stream": self._state,
             },
             now,
         )
@@ -222,19 +224,23 @@ class _Acquisition:
             spec = self._specs.setdefault(
                 (frame.shape, frame.dtype.str), ArraySpec.of("image", frame)
             )
-        # Built from checked values on the acquisition thread: skip validation.
-        header = FrameMessage.model_construct(
-            frame_index=index,
-            position=p,
-            position_name=self.sites[p].name,
-            t_index=event.index.get("t", 0),
-            z_index=event.index.get("z", 0),
-            time_s=elapsed,
-            exposure_ms=exposure,
-            laser_power_mw=power,
-            pixel_size_um=self.pixel_size_um,
-            buffers=(spec,),
-        )
+        # Validated: costs less than model_construct, and checks the values.
+        try:
+            header = FrameMessage(
+                frame_index=index,
+                position=p,
+                position_name=name,
+                t_index=t,
+                z_index=z,
+                time_s=elapsed,
+                exposure_ms=exposure,
+                laser_power_mw=power,
+                pixel_size_um=self.pixel_size_um,
+                buffers=(spec,),
+            )
+        except ValueError as e:  # e.g. a non-finite value: not sent, said why
+            self.ledger.frame_skipped(index, f"cannot describe the frame: {e}")
+            raise
         self.server.submit(header, frame)
 
 
