@@ -31,7 +31,6 @@ __all__ = ["ProtocolError", "decode", "encode"]
 
 MAX_HEADER_BYTES = 1 << 20
 _MESSAGE = TypeAdapter(Message)
-_WIRE = {"wire": True}
 
 
 class ProtocolError(ScopeloopError, ValueError):
@@ -110,10 +109,14 @@ def decode(parts: Sequence[Any]) -> tuple[Message, list[np.ndarray]]:
     if len(text) > MAX_HEADER_BYTES:
         raise ProtocolError(f"header of {len(text)} bytes exceeds {MAX_HEADER_BYTES}")
     try:
-        header = _MESSAGE.validate_json(text, context=_WIRE)  # one pass, usually
+        header = _MESSAGE.validate_json(text)  # one pass, usually
     except ValidationError:
         _explain(text)  # raises ProtocolError with the reason
         raise  # pragma: no cover (_explain always raises)
+    if "protocol" not in header.model_fields_set:  # defaulted: not on the wire
+        raise ProtocolError(
+            f"unknown protocol version None (this end speaks {PROTOCOL_VERSION})"
+        )
     specs = getattr(header, "buffers", ())
     if len(parts) - 1 != len(specs):
         raise ProtocolError(

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 from functools import cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -37,17 +37,9 @@ Name = Annotated[str, Field(min_length=1, max_length=200)]
 class _Header(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
+    # Built in Python, the version defaults; read from the wire, it must be
+    # there (the codec checks `model_fields_set`: no Python call per message).
     protocol: Literal[1] = Field(1, description="Wire protocol version.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _version_on_the_wire(cls, data: Any, info: ValidationInfo) -> Any:
-        # Built in Python, the version defaults; read from the wire, it must
-        # be there.
-        wire = bool(info.context and info.context.get("wire"))
-        if wire and isinstance(data, dict) and "protocol" not in data:
-            raise ValueError("header has no protocol version")
-        return data
 
 
 class ArraySpec(BaseModel):
