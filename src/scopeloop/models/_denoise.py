@@ -228,7 +228,14 @@ class Denoiser:
         try:
             config = DenoiserConfig.model_validate(model.config)
         except ValidationError as exc:
-            raise ConfigError(f"{path}: bad denoiser configuration: {exc}") from exc
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']} "
+                f"(got {e.get('input')!r})"
+                for e in exc.errors()
+            )
+            raise ConfigError(
+                f"{path}: bad denoiser configuration: {problems}"
+            ) from exc
         net = DenoiseNet(config)
         try:
             net.load_state_dict(model.state_dict)
@@ -289,6 +296,12 @@ def _neighbourhood_offsets(radius: int) -> NDArray[np.int64]:
     return np.stack([dy[keep], dx[keep]], axis=1)
 
 
+def _reflect(index: NDArray[np.int64], size: int) -> NDArray[np.int64]:
+    """Reflect indices into [0, size) like ``mode="reflect"`` padding does."""
+    index = np.abs(index)
+    return np.where(index >= size, 2 * (size - 1) - index, index)
+
+
 def n2v_mask(
     patches: torch.Tensor,
     rng: np.random.Generator,
@@ -300,10 +313,13 @@ def n2v_mask(
 
     One pixel at random in every `span` x `span` cell (1/span^2 of the pixels)
     is replaced by the median of its (2 radius + 1)^2 neighbourhood without the
-    pixel itself (reflected at the patch border). Returns the corrupted copy
+    pixel itself (reflected at the patch border, where a neighbour that
+    reflects onto the pixel is left out too). Returns the corrupted copy
     and the boolean mask of the replaced pixels.
     """
     n, _, h, w = patches.shape
+    if min(h, w) <= radius:
+        raise ValueError(f"patches of {h}x{w} are too small for radius {radius}")
     cy = np.arange(0, h, span)
     cx = np.arange(0, w, span)
     gy, gx = np.meshgrid(cy, cx, indexing="ij")
@@ -313,12 +329,14 @@ def n2v_mask(
     inside = (ys < h) & (xs < w)
     bi = np.broadcast_to(np.arange(n)[:, None], ys.shape)[inside]
     ys, xs = ys[inside], xs[inside]
-    padded = F.pad(patches, (radius,) * 4, mode="reflect")[:, 0]
     off = _neighbourhood_offsets(radius)
-    yy = torch.from_numpy(ys[:, None] + radius + off[None, :, 0])
-    xx = torch.from_numpy(xs[:, None] + radius + off[None, :, 1])
-    bb = torch.from_numpy(bi[:, None])
-    values = padded[bb, yy, xx].median(dim=1).values
+    yy = _reflect(ys[:, None] + off[None, :, 0], h)
+    xx = _reflect(xs[:, None] + off[None, :, 1], w)
+    # Near the border a reflected neighbour can be the pixel itself: leave it out.
+    itself = torch.from_numpy((yy == ys[:, None]) & (xx == xs[:, None]))
+    rows, cols = torch.from_numpy(yy), torch.from_numpy(xx)
+    values = patches[torch.from_numpy(bi[:, None]), 0, rows, cols]
+    values = values.masked_fill(itself, float("nan")).nanmedian(dim=1).values
     out = patches.clone()
     mask = torch.zeros_like(patches, dtype=torch.bool)
     ti, ty, tx = torch.from_numpy(bi), torch.from_numpy(ys), torch.from_numpy(xs)
