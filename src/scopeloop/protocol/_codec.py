@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import zmq
 from pydantic import TypeAdapter, ValidationError
 
 from scopeloop.errors import ScopeloopError
@@ -102,12 +103,10 @@ def decode(parts: Sequence[Any]) -> tuple[Message, list[np.ndarray]]:
     if not parts:
         raise ProtocolError("empty message")
     head = parts[0]
-    if type(head) is bytes:
-        text = head
-    else:
-        text = _bytes_of(head).tobytes()  # a zmq.Frame, a memoryview, ...
-    if len(text) > MAX_HEADER_BYTES:
-        raise ProtocolError(f"header of {len(text)} bytes exceeds {MAX_HEADER_BYTES}")
+    size = _size_of(head)
+    if size > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {size} bytes exceeds {MAX_HEADER_BYTES}")
+    text = bytes(head)  # the same object if it is bytes already
     try:
         header = _MESSAGE.validate_json(text)  # one pass, usually
     except ValidationError:
@@ -125,15 +124,25 @@ def decode(parts: Sequence[Any]) -> tuple[Message, list[np.ndarray]]:
         )
     arrays = []
     for spec, part in zip(specs, parts[1:], strict=True):
-        data = _bytes_of(part)
         dtype, nbytes = _layout(spec.dtype, spec.shape)
-        if data.nbytes != nbytes:
+        size = _size_of(part)
+        if size != nbytes:
             raise ProtocolError(
-                f"buffer {spec.name!r}: {data.nbytes} bytes, expected {nbytes} "
+                f"buffer {spec.name!r}: {size} bytes, expected {nbytes} "
                 f"for {spec.dtype}{spec.shape}"
             )
+        data = part if type(part) in _FLAT else _bytes_of(part)
         arrays.append(np.frombuffer(data, dtype).reshape(spec.shape))
     return header, arrays
+
+
+# Buffers whose len() is their size in bytes, which numpy reads as they are.
+_FLAT = frozenset({bytes, bytearray, zmq.Frame})
+
+
+def _size_of(part: Any) -> int:
+    """Size of a part in bytes."""
+    return len(part) if type(part) in _FLAT else _bytes_of(part).nbytes
 
 
 @lru_cache(maxsize=64)

@@ -349,6 +349,7 @@ class FrameServer:
                     messages.append(_recv_parts(socket))
             now = time.monotonic()
             decoded = [self._decode(parts) for parts in messages]
+            busy = False
             with self._lock:
                 calls, self._notes = self._notes, []
                 for item in decoded:
@@ -357,25 +358,38 @@ class FrameServer:
                 if now >= next_check:
                     self._expire_workers(now, calls)
                     next_check = now + _CHECK_S
+                stop = self._stop.is_set()
+                # With no frame queued, nothing can go out in the wake of
+                # these reports: this round ends here.
+                settled = stop or not self._pending
+                if settled:
+                    busy = self._settle(stop)
             # What happened is reported before any frame goes out in its wake.
             self._deliver(calls)
-            with self._lock:
-                calls, self._notes = self._notes, []
-                stop = self._stop.is_set()
-                busy = False
-                if not stop:
-                    self._dispatch(calls)
-                    # Sleep only with nothing waiting: the descriptor will not
-                    # signal a message that was already there.
-                    busy = _readable(socket)
-                    self._io_waiting = not busy
-            self._deliver(calls)
+            if not settled:
+                with self._lock:
+                    calls, self._notes = self._notes, []
+                    stop = self._stop.is_set()
+                    if not stop:
+                        self._dispatch(calls)
+                    busy = self._settle(stop)
+                self._deliver(calls)
             if stop:
                 return
             if not busy:
-                ready = poller.poll(timeout=_POLL_MS)
-                if any(fd == self._wake_r for fd, _ in ready):
-                    os.read(self._wake_r, 4096)
+                for fd, _ in poller.poll(timeout=_POLL_MS):
+                    if fd == self._wake_r:
+                        os.read(self._wake_r, 4096)
+
+    def _settle(self, stop: bool) -> bool:
+        """Whether a message waits (lock held); if not, the I/O thread may sleep.
+
+        Sleep only with nothing waiting: the socket's descriptor will not
+        signal a message that was already there.
+        """
+        busy = not stop and _readable(self._socket)
+        self._io_waiting = not busy
+        return busy
 
     def _deliver(
         self, calls: list[tuple[Callable[..., None], tuple[Any, ...]]]
