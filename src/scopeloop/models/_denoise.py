@@ -437,6 +437,10 @@ def train_denoiser(
         if init is not None
         else DenoiserConfig(base=base, depth=depth, space_to_depth=space_to_depth)
     )
+    if steps < 0 or batch_size < 1:
+        raise ValueError(
+            f"need steps >= 0 and batch_size >= 1, got {steps}, {batch_size}"
+        )
     if patch % config.multiple:
         raise ValueError(f"patch {patch} must be a multiple of {config.multiple}")
     arrays = _as_frame_list(frames)
@@ -455,7 +459,7 @@ def train_denoiser(
     net.to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=learning_rate, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * s / steps))
+        opt, lambda s: 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * s / max(steps, 1)))
     )
     loss_value = float("nan")
     for step in range(1, steps + 1):
