@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -79,7 +81,7 @@ def simulate(
         Path | None,
         typer.Option(
             help="Micro-Manager configuration of a simulated rig "
-            "[default: hardware_configs/demo.cfg]."
+            "(default: hardware_configs/demo.cfg)."
         ),
     ] = None,
     frames: Annotated[int, typer.Option(help="Number of time points.")] = 36,
@@ -182,13 +184,13 @@ def run(
     config: Annotated[
         Path | None,
         typer.Option(
-            help="Micro-Manager configuration [default: hardware_configs/demo.cfg]."
+            help="Micro-Manager configuration (default: hardware_configs/demo.cfg)."
         ),
     ] = None,
     plan: Annotated[
         Path | None,
         typer.Option(
-            help="Session plan (YAML) [default: the bundled plans/demo.yaml]."
+            help="Session plan (YAML) (default: the bundled plans/demo.yaml)."
         ),
     ] = None,
     out: Annotated[
@@ -196,14 +198,14 @@ def run(
         typer.Option(
             "--out",
             "-o",
-            help="Run folder (new or empty) [default: under the plan's output root].",
+            help="Run folder (new or empty) (default: under the plan's output root).",
         ),
     ] = None,
     worker: Annotated[
         str | None,
         typer.Option(
             help="Address to stream frames on, e.g. tcp://127.0.0.1:5555, or "
-            "'none' [default: the plan's]."
+            "'none' (default: the plan's)."
         ),
     ] = None,
 ) -> None:
@@ -287,7 +289,7 @@ _ADDRESS = "tcp://127.0.0.1:5555"
 
 def _model_option(kind: str) -> Any:
     return typer.Option(
-        help=f"{kind} model file [default: the shipped weights].",
+        help=f"{kind} model file (default: the shipped weights).",
         exists=True,
         dir_okay=False,
     )
@@ -460,6 +462,133 @@ def analyze(
     if summary.errors:
         table.add_row("frames with errors", str(summary.errors))
     Console().print(table)
+
+
+class ModelKind(StrEnum):
+    """The models `scopeloop train` makes."""
+
+    denoiser = "denoiser"
+    labels = "labels"
+    mitosis = "mitosis"
+
+
+@app.command()
+def train(
+    kind: Annotated[ModelKind, typer.Argument(help="Which model to train.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Model file to write (default: the shipped weights' path, "
+            "to remake them).",
+            dir_okay=False,
+        ),
+    ] = None,
+    source: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--input",
+            "-i",
+            help="Denoiser only: recordings to train on, self-supervised (TIFF, "
+            "OME-TIFF or run folders; repeatable) (default: simulated frames).",
+            exists=True,
+        ),
+    ] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            help="Denoiser only: fine-tune these weights instead of starting afresh.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(min=0, help="Training steps (default: the model's).")
+    ] = None,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
+    device: Annotated[
+        str, typer.Option(help="Where to train: auto, cpu, cuda, cuda:N.")
+    ] = "auto",
+) -> None:
+    """Train a model: the denoiser on your recordings, or any model on simulated data.
+
+    Without --input, models train on simulated clips with ground truth (the
+    shipped weights are made this way, with the default steps and seed 0).
+    """
+    from scopeloop.models import (
+        Denoiser,
+        pick_device,
+        shipped_model_path,
+        train_denoiser,
+        train_shipped_denoiser,
+        train_shipped_scorer,
+        train_shipped_segmenter,
+    )
+    from scopeloop.storage import read_recording
+
+    if (source or init) and kind is not ModelKind.denoiser:
+        raise _fail("--input and --init apply to the denoiser only")
+    target = out or shipped_model_path(kind.value)
+    extra = {} if steps is None else {"steps": steps}
+    progress = Progress(
+        TextColumn(f"training {kind.value}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4g}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    try:
+        where = str(pick_device(device))
+        with progress:
+            task = progress.add_task("steps", total=steps, loss=float("nan"))
+
+            def report(step: int, loss: float) -> None:
+                progress.update(task, completed=step, loss=loss)
+
+            if kind is ModelKind.denoiser and source:
+                frames = [
+                    np.asarray(frame)
+                    for path in source
+                    for series in read_recording(path).series
+                    for frame in series.frames
+                ]
+                model = train_denoiser(
+                    frames,
+                    seed=seed,
+                    device=where,
+                    init=None if init is None else Denoiser.load(init, device=where),
+                    progress=report,
+                    **extra,
+                )
+                sha = model.save(
+                    target,
+                    meta={
+                        "command": "scopeloop train denoiser",
+                        "inputs": [str(p) for p in source],
+                        "frames": len(frames),
+                        "steps": steps,
+                        "seed": seed,
+                        "init": None if init is None else str(init),
+                    },
+                )
+            elif kind is ModelKind.denoiser:
+                sha = train_shipped_denoiser(
+                    target, seed=seed, progress=report, **extra
+                ).sha256
+            elif kind is ModelKind.labels:
+                sha = train_shipped_segmenter(
+                    target, seed=seed, device=where, progress=report, **extra
+                )
+            else:
+                sha = train_shipped_scorer(
+                    target, seed=seed, device=where, progress=report, **extra
+                )
+    except ScopeloopError as e:
+        raise _fail(str(e)) from None
+    console.print(f"wrote {target} (sha256 {sha})", highlight=False)
 
 
 def main() -> None:
