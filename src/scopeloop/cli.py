@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -295,15 +296,27 @@ def _model_option(kind: str) -> Any:
     )
 
 
+def _threads_option() -> Any:
+    return typer.Option(
+        min=1,
+        help="CPU threads for the networks (default: half the cores, so that "
+        "a controller on the same PC keeps its own).",
+    )
+
+
 def _load_pipeline(
+    threads: int | None,
     device: str,
     denoiser: Path | None,
     no_denoise: bool,
     labels: Path | None,
     mitosis: Path | None,
 ) -> Any:
+    import torch
+
     from scopeloop.worker import Pipeline
 
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) // 2))
     with console.status("loading models"):
         return Pipeline.load(
             device=device,
@@ -333,6 +346,7 @@ def worker(
     ] = False,
     labels: Annotated[Path | None, _model_option("Nucleus label")] = None,
     mitosis: Annotated[Path | None, _model_option("Mitosis score")] = None,
+    threads: Annotated[int | None, _threads_option()] = None,
     send_images: Annotated[
         bool,
         typer.Option(help="Send restored frames and labels back (else tables only)."),
@@ -351,7 +365,9 @@ def worker(
     from scopeloop.worker import serve
 
     try:
-        pipeline = _load_pipeline(device, denoiser, no_denoise, labels, mitosis)
+        pipeline = _load_pipeline(
+            threads, device, denoiser, no_denoise, labels, mitosis
+        )
     except ScopeloopError as e:
         raise _fail(str(e)) from None
     with console.status("warming up"):
@@ -424,12 +440,15 @@ def analyze(
     ] = False,
     labels: Annotated[Path | None, _model_option("Nucleus label")] = None,
     mitosis: Annotated[Path | None, _model_option("Mitosis score")] = None,
+    threads: Annotated[int | None, _threads_option()] = None,
 ) -> None:
     """Run the worker's pipeline on a recording: restored, labels, nuclei, divisions."""
     from scopeloop.worker import analyze_recording
 
     try:
-        pipeline = _load_pipeline(device, denoiser, no_denoise, labels, mitosis)
+        pipeline = _load_pipeline(
+            threads, device, denoiser, no_denoise, labels, mitosis
+        )
         progress = Progress(
             TextColumn("analysing"),
             BarColumn(),
