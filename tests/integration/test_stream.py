@@ -271,6 +271,81 @@ def test_unanswered_frame_is_given_up_and_its_credit_returned(stream: Stream) ->
     assert server.stats.workers == 1
 
 
+def test_frame_goes_out_from_submit_when_a_worker_has_a_credit(
+    stream: Stream,
+) -> None:
+    server, recorder = stream.server()
+    client = stream.client(server.bound_address, "w1", credits=2)
+    assert server.wait_for_worker(TIMEOUT_S)
+
+    server.submit(*frame_of(0, position=0))
+    server.submit(*frame_of(1, position=1))
+    server.submit(*frame_of(2, position=2))
+    stats = server.stats  # before the I/O thread could have sent anything
+
+    assert (stats.sent, stats.in_flight, stats.queue_depth) == (2, 2, 1)
+    first, _ = receive_frame(client)
+    answer(client, first)
+    second, _ = receive_frame(client)
+    answer(client, second)
+    third, _ = receive_frame(client)  # sent by the I/O thread, for a credit
+    answer(client, third)
+    recorder.wait_for(lambda: len(recorder.results) == 3, "three results")
+    assert [f.frame_index for f in (first, second, third)] == [0, 1, 2]
+    for index in range(3):  # each frame reported sent before its result
+        events = [e[0] for e in recorder.events if e[1] == index]
+        assert events == ["sent", "result"]
+    assert server.stats == ServerStats(submitted=3, sent=3, results=3, workers=1)
+
+
+def results_reach(recorder: StreamRecorder, n: int) -> Callable[[], bool]:
+    """A predicate for `wait_for`: `n` results recorded."""
+    return lambda: len(recorder.results) >= n
+
+
+def test_results_sent_just_before_the_worker_closes_arrive(stream: Stream) -> None:
+    server, recorder = stream.server()
+    client = FrameClient(server.bound_address, "w1", credits=4)
+    for index in range(4):
+        server.submit(*frame_of(index, position=index))
+    frames = [receive_frame(client)[0] for _ in range(4)]
+
+    for frame in frames:
+        answer(client, frame)
+    client.close()  # at once: ZeroMQ still has the results to write
+    recorder.wait_for(lambda: len(recorder.results) == 4, "four results")
+
+    assert sorted(i for i, _ in recorder.of("result")) == [0, 1, 2, 3]
+    assert server.stats.lost == 0
+
+
+class FailingRecorder(StreamRecorder):
+    """A listener that fails on every frame_sent."""
+
+    def frame_sent(self, frame_index: int, worker_id: str, sent_at: float) -> None:
+        super().frame_sent(frame_index, worker_id, sent_at)
+        raise RuntimeError("listener bug")
+
+
+def test_a_failing_listener_does_not_stop_the_stream(stream: Stream) -> None:
+    recorder = FailingRecorder()
+    LOGGER.addHandler(recorder)
+    server = FrameServer(LOOPBACK, recorder)
+    try:
+        client = stream.client(server.bound_address)
+        for index in range(3):
+            server.submit(*frame_of(index))
+            frame, _ = receive_frame(client)
+            answer(client, frame)
+            recorder.wait_for(results_reach(recorder, index + 1), "a result")
+        assert "stream listener failed" in recorder.wait_for_log("listener failed")
+        assert recorder.of("sent") == [(0, "w1"), (1, "w1"), (2, "w1")]
+        assert server.stats.results == 3
+    finally:
+        server.close()
+        LOGGER.removeHandler(recorder)
+
+
 def test_result_for_a_frame_never_sent_is_rejected(stream: Stream) -> None:
     server, recorder = stream.server()
     client = stream.client(server.bound_address)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import math
 import os
 import threading
 import time
@@ -636,7 +637,8 @@ class FrameClient:
                 deadline = now + timeout_s
             if not _readable(socket):
                 wait = min(deadline, self._last_beat + self._heartbeat_s) - now
-                if not self._poller.poll(max(0, int(wait * 1000))):
+                # Rounded up: a wait cut to 0 ms would spin until the deadline.
+                if not self._poller.poll(max(0, math.ceil(wait * 1000))):
                     if time.monotonic() >= deadline:
                         return None
                     continue
@@ -659,8 +661,14 @@ class FrameClient:
         parts = encode(result, arrays)
         _send_parts(self._socket, parts, noblock=False)
 
-    def close(self) -> None:
-        """Close the socket."""
+    def close(self, linger_s: float = 1.0) -> None:
+        """Close the socket; results sent just before still go out.
+
+        A result is on its way once `send_result` returns, but ZeroMQ writes it
+        to the connection in the background: for up to `linger_s` after the
+        close (in the background too), what is still queued is delivered
+        rather than dropped. Closing does not wait.
+        """
         if self._socket is not None:
-            self._socket.close(linger=0)
+            self._socket.close(linger=max(0, round(linger_s * 1000)))
             self._socket = None
