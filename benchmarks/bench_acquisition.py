@@ -44,7 +44,16 @@ the counters). frames/s = N / (sequenceFinished - sequenceStarted): the MDA
 proper, writer closing included, core loading and run-folder bookkeeping
 excluded, the same span for every row. "steady" = (N - 1) / (last frameReady -
 first frameReady). "call s" = wall time of the whole call (load_core +
-mda.run + releasing the core; or run_session), for information.
+mda.run + releasing the core; or run_session), for information. "cpu ms" =
+CPU time of the benchmark process (all threads: camera, runner, writer, the
+stream's threads, libzmq's) per frame over the same span; "rcv ms" = CPU time
+of the receiver process (all threads) per frame, from its start to its stop.
+CPU times are less disturbed than frame rates by other load on the machine.
+
+What the receiver does per frame is what any worker must: ``receive`` (poll,
+take the two parts, validate the JSON header, view the pixels as an array),
+build a ``ResultMessage`` for the frame and ``send_result`` it. It never touches
+the pixels: its cost is the protocol's, not an analysis's.
 
 Every run must deliver N ``frameReady`` signals and write N pages to its
 OME-TIFF; run_session must report N frames and finish "completed". For the
@@ -63,6 +72,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import resource
 import shutil
 import socket
 import statistics
@@ -122,21 +132,32 @@ def serve(address: str, stop: threading.Event | Any, counts: dict[str, int]) -> 
         client.close()
 
 
+def cpu_s() -> float:
+    """CPU seconds of this process so far, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def receiver_process(conn: Any) -> None:
-    """Serve one address per command received on `conn` until told to quit."""
+    """Serve one address per command received on `conn` until told to quit.
+
+    Answers each stop with (frames answered, CPU seconds of this process while
+    serving).
+    """
     while True:
         command = conn.recv()
         if command is None:
             return
         stop = threading.Event()
         counts = {"answered": 0}
+        c0 = cpu_s()
         thread = threading.Thread(target=serve, args=(command, stop, counts))
         thread.start()
         conn.send("serving")
         conn.recv()  # stop
         stop.set()
         thread.join()
-        conn.send(counts["answered"])
+        conn.send((counts["answered"], cpu_s() - c0))
 
 
 class Receiver:
@@ -146,6 +167,7 @@ class Receiver:
         self.mode = mode
         self._process: Any = None
         self._thread: threading.Thread | None = None
+        self.cpu_s: float | None = None  # of the process, over the last serving
         if mode == "process":
             ctx = mp.get_context("spawn")
             self._conn, child = ctx.Pipe()
@@ -174,7 +196,8 @@ class Receiver:
             self._conn.send("stop")
             if not self._conn.poll(TIMEOUT_S):
                 raise RuntimeError("the receiver process did not stop")
-            return int(self._conn.recv())
+            answered, self.cpu_s = self._conn.recv()
+            return int(answered)
         assert self._thread is not None
         self._stop.set()
         self._thread.join(TIMEOUT_S)
@@ -207,6 +230,7 @@ class Timer:
     def reset(self) -> None:
         self.frames = 0
         self.first = self.last = self.started = self.finished = 0.0
+        self.cpu_started = self.cpu_finished = 0.0
 
     def attach(self, core: UniMMCore) -> None:
         core.mda.events.sequenceStarted.connect(self._started)
@@ -215,6 +239,7 @@ class Timer:
 
     def _started(self, *_: Any) -> None:
         self.started = time.perf_counter()
+        self.cpu_started = cpu_s()
 
     def _frame(self, *_: Any) -> None:
         now = time.perf_counter()
@@ -225,12 +250,17 @@ class Timer:
 
     def _finished(self, *_: Any) -> None:
         self.finished = time.perf_counter()
+        self.cpu_finished = cpu_s()
 
     def rates(self, n: int) -> tuple[float, float]:
         if self.frames != n:
             raise RuntimeError(f"{self.frames} frameReady signals, expected {n}")
         span = self.last - self.first
         return n / (self.finished - self.started), (n - 1) / span
+
+    def cpu_ms(self, n: int) -> float:
+        """CPU of this process per frame, sequenceStarted -> sequenceFinished."""
+        return (self.cpu_finished - self.cpu_started) * 1000 / n
 
 
 TIMER = Timer()
@@ -256,9 +286,11 @@ class Run:
     fps: float
     steady: float
     call_s: float
+    cpu_ms: float = 0.0  # controller process, per frame, over the MDA
     states: dict[str, int] = field(default_factory=dict)
     answered: int | None = None
     late_skipped: int = 0
+    receiver_cpu_ms: float | None = None  # receiver process, per frame
 
 
 def plain_once(size: int, n: int, out: Path, *, sequencing: bool = True) -> Run:
@@ -283,7 +315,7 @@ def plain_once(size: int, n: int, out: Path, *, sequencing: bool = True) -> Run:
     fps, steady = TIMER.rates(n)
     if (pages := tiff_pages(raw)) != n:
         raise RuntimeError(f"plain mda.run wrote {pages} pages, expected {n}")
-    return Run(fps, steady, call_s)
+    return Run(fps, steady, call_s, TIMER.cpu_ms(n))
 
 
 def make_plan(size: int, n: int, root: Path) -> SessionPlan:
@@ -324,8 +356,18 @@ def session_once(size: int, n: int, out: Path, receiver: Receiver | None = None)
         raise RuntimeError(f"run_session: {summary}")
     if (pages := tiff_pages(folder / "raw.ome.tiff")) != n:
         raise RuntimeError(f"run_session wrote {pages} pages, expected {n}")
+    receiver_cpu = None
+    if receiver is not None and receiver.cpu_s is not None:
+        receiver_cpu = receiver.cpu_s * 1000 / n
     return Run(
-        fps, steady, call_s, dict(summary.stream_states), answered, late_skips(folder)
+        fps,
+        steady,
+        call_s,
+        TIMER.cpu_ms(n),
+        dict(summary.stream_states),
+        answered,
+        late_skips(folder),
+        receiver_cpu,
     )
 
 
@@ -391,7 +433,7 @@ def print_table(
     )
     header = (
         f"{'path':<31}{'median':>9}{'min':>9}{'max':>9}{'steady':>9}"
-        f"{'ms/frame':>10}{'call s':>8}{'ratio':>8}"
+        f"{'ms/frame':>10}{'call s':>8}{'ratio':>8}{'cpu ms':>8}{'rcv ms':>8}"
     )
     out(header)
     out("-" * len(header))
@@ -401,16 +443,22 @@ def print_table(
         fps = [r.fps for r in row.runs]
         ratio = row.median() / base
         ratios[key] = ratio
+        rcv = [r.receiver_cpu_ms for r in row.runs if r.receiver_cpu_ms is not None]
+        rcv_ms = f"{statistics.median(rcv):8.2f}" if rcv else f"{'-':>8}"
         out(
             f"{row.name:<31}{row.median():9.1f}{min(fps):9.1f}{max(fps):9.1f}"
             f"{row.median('steady'):9.1f}{1000 / row.median():10.2f}"
             f"{row.median('call_s'):8.2f}"
-            f"{'' if key == 'plain' else f'{ratio:8.3f}'}"
+            f"{'' if key == 'plain' else f'{ratio:8.3f}':>8}"
+            f"{row.median('cpu_ms'):8.2f}"
+            f"{rcv_ms}"
         )
     out(
         "(frames/s over sequenceStarted -> sequenceFinished; median/min/max over "
         "repeats; steady = first -> last frameReady; call s = whole call, median; "
-        "ratio = median / plain mda.run median)"
+        "ratio = median / plain mda.run median; cpu ms = CPU of the benchmark "
+        "process per frame over the same span, all threads; rcv ms = CPU of the "
+        "receiver process per frame while serving, all threads; medians)"
     )
     streamed = rows["worker"].runs
     states: dict[str, int] = {}
