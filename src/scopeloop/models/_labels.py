@@ -65,14 +65,16 @@ class SegmenterConfig:
     `downsample` is the factor the image is averaged by before the network;
     `fg_threshold` is the foreground probability above which a pixel belongs
     to a nucleus, `seed_threshold` the normalised distance above which it is a
-    nucleus core (one seed per core); objects smaller than `min_area_px`
-    full-resolution pixels are dropped.
+    nucleus core (one seed per core), after smoothing the distance map by a
+    gaussian of `smooth_px` (reduced-resolution pixels); objects smaller than
+    `min_area_px` full-resolution pixels are dropped.
     """
 
     widths: tuple[int, ...] = (8, 16, 32, 64)
     downsample: int = 2
     fg_threshold: float = 0.5
     seed_threshold: float = 0.5
+    smooth_px: float = 1.0
     min_area_px: int = 12
 
     def as_dict(self) -> dict[str, Any]:
@@ -82,6 +84,7 @@ class SegmenterConfig:
             "downsample": self.downsample,
             "fg_threshold": self.fg_threshold,
             "seed_threshold": self.seed_threshold,
+            "smooth_px": self.smooth_px,
             "min_area_px": self.min_area_px,
         }
 
@@ -195,16 +198,22 @@ def labels_from_maps(
     *,
     fg_threshold: float = 0.5,
     seed_threshold: float = 0.5,
+    smooth_px: float = 0.0,
 ) -> NDArray[np.int32]:
     """Seeded watershed of a normalised distance map inside the foreground.
 
     `foreground` is the probability of nucleus (Y, X), `distance` the
     distance to the border normalised to 1 at nucleus centres. Each connected
     core (``distance > seed_threshold``) seeds one nucleus; foreground
-    components without a core become a nucleus of their own. Returns int32
-    labels 1..n (0 = background), in no particular order.
+    components without a core become a nucleus of their own. Holes in the
+    foreground (nucleoli) are filled; with `smooth_px` the distance map is
+    smoothed by a gaussian first, which merges the several cores that a big
+    textured nucleus may show. Returns int32 labels 1..n (0 = background), in
+    no particular order.
     """
-    mask = foreground > fg_threshold
+    mask = ndi.binary_fill_holes(foreground > fg_threshold)
+    if smooth_px > 0:
+        distance = ndi.gaussian_filter(distance, smooth_px)
     found = ndi.label(mask & (distance > seed_threshold))
     markers: NDArray[np.int32] = np.asarray(found[0], np.int32)
     n = int(found[1])
@@ -343,6 +352,7 @@ class Segmenter:
                 dist[i],
                 fg_threshold=cfg.fg_threshold,
                 seed_threshold=cfg.seed_threshold,
+                smooth_px=cfg.smooth_px,
             )
             full = small.repeat(d, 0).repeat(d, 1)[:h, :w] if d > 1 else small
             out[i] = _drop_small_and_relabel(full, cfg.min_area_px)
@@ -608,7 +618,7 @@ def train_shipped_segmenter(
         "batch_size": batch_size,
         "patch": patch,
         "seed": seed,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "threads": torch.get_num_threads(),
         "train_s": round(time.perf_counter() - started, 1),
         "date": time.strftime("%Y-%m-%d"),

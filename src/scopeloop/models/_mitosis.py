@@ -94,7 +94,9 @@ class CropGeometry:
     """Where the crops of a frame are cut: one row per nucleus.
 
     `y_px`, `x_px` are centroids (row, column, pixel centres at integers) and
-    `side_px` the side of each square crop, in full-resolution pixels.
+    `side_px` the side of each square crop, in full-resolution pixels;
+    `mean_intensity` the mean grey level of each nucleus in the image given
+    to `nucleus_geometry` (None without one).
     """
 
     ids: NDArray[np.int64]
@@ -102,6 +104,7 @@ class CropGeometry:
     x_px: NDArray[np.float64]
     area_px: NDArray[np.int64]
     side_px: NDArray[np.float64]
+    mean_intensity: NDArray[np.float64] | None = None
 
 
 @lru_cache(maxsize=8)
@@ -114,19 +117,40 @@ def _pixel_rows_cols(h: int, w: int) -> tuple[NDArray[np.float64], NDArray[np.fl
 def nucleus_geometry(
     labels: NDArray[np.integer[Any]],
     *,
+    image: NDArray[Any] | None = None,
     crop_scale: float = 2.5,
     min_side_px: float = 16.0,
 ) -> CropGeometry:
-    """Centroid, area and crop side of every nucleus of a (Y, X) label image."""
+    """Centroid, area and crop side of every nucleus of a (Y, X) label image.
+
+    With `image` (same shape), also the mean grey level of each nucleus.
+    """
     lab = np.asarray(labels)
-    flat = lab.ravel().astype(np.intp, copy=False)
-    rows, cols = _pixel_rows_cols(*lab.shape)
-    area = np.bincount(flat)
+    area = np.bincount(lab.ravel())
     ids = np.flatnonzero(area)
     ids = ids[ids > 0]
     n = area[ids].astype(np.float64)
-    cy = np.bincount(flat, weights=rows, minlength=area.size)[ids] / np.maximum(n, 1)
-    cx = np.bincount(flat, weights=cols, minlength=area.size)[ids] / np.maximum(n, 1)
+    # Centroids and mean grey levels from every second pixel of every second
+    # row (4x cheaper, within half a pixel: each sample stands for a 2 x 2
+    # block, centred half a pixel down and right); nuclei too small to be seen
+    # there get theirs from all pixels.
+    sub = lab[::2, ::2]
+    flat = sub.ravel().astype(np.intp)
+    rows, cols = _pixel_rows_cols(*sub.shape)
+    count = np.bincount(flat, minlength=area.size)[ids].astype(np.float64)
+    seen = np.maximum(count, 1.0)
+    cy = 2.0 * np.bincount(flat, weights=rows, minlength=area.size)[ids] / seen + 0.5
+    cx = 2.0 * np.bincount(flat, weights=cols, minlength=area.size)[ids] / seen + 0.5
+    mean = None
+    if image is not None:
+        img = np.asarray(image)
+        weights = img[::2, ::2].astype(np.float64).ravel()
+        mean = np.bincount(flat, weights=weights, minlength=area.size)[ids] / seen
+    for i in np.flatnonzero(count == 0):
+        yy, xx = np.nonzero(lab == ids[i])
+        cy[i], cx[i] = yy.mean(), xx.mean()
+        if mean is not None:
+            mean[i] = float(np.asarray(image)[yy, xx].mean())
     diameter = 2.0 * np.sqrt(n / np.pi)
     side = np.maximum(crop_scale * diameter, min_side_px)
     return CropGeometry(
@@ -135,33 +159,79 @@ def nucleus_geometry(
         x_px=cx,
         area_px=area[ids].astype(np.int64),
         side_px=side,
+        mean_intensity=mean,
     )
 
 
-def _bilinear(image: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
-    """Sample (K, H, W) at rows ys (n, S) x columns xs (n, S) -> (K, n, S, S).
+def _pyramid(
+    frames: Sequence[NDArray[Any]], levels: int
+) -> tuple[torch.Tensor, list[tuple[int, int, int]]]:
+    """Frames and their 2 x 2 averages, `levels` in all, in one flat buffer.
 
-    Coordinates outside the image take the nearest border value.
+    Returns the buffer (K, total) and, per level, (offset, height, width).
     """
-    k, h, w = image.shape
-    ys = ys.clamp(0, h - 1)
-    xs = xs.clamp(0, w - 1)
-    y0 = ys.floor().clamp(max=h - 2 if h > 1 else 0)
-    x0 = xs.floor().clamp(max=w - 2 if w > 1 else 0)
-    fy = (ys - y0)[:, :, None]
-    fx = (xs - x0)[:, None, :]
-    y0i, x0i = y0.long(), x0.long()
-    y1i = (y0i + 1).clamp(max=h - 1)
-    x1i = (x0i + 1).clamp(max=w - 1)
-    flat = image.reshape(k, h * w)
+    h, w = frames[0].shape
+    shapes = [(h, w)]
+    for _ in range(levels - 1):
+        h, w = -(-h // 2), -(-w // 2)
+        shapes.append((h, w))
+    sizes = [hh * ww for hh, ww in shapes]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    buf = torch.empty((len(frames), int(offsets[-1])), dtype=torch.float32)
+    h, w = shapes[0]
+    for i, frame in enumerate(frames):
+        buf[i, : h * w] = torch.from_numpy(np.asarray(frame, np.float32).reshape(-1))
+    for lv in range(1, levels):
+        (ph, pw), (hh, ww) = shapes[lv - 1], shapes[lv]
+        prev = buf[:, offsets[lv - 1] : offsets[lv - 1] + ph * pw].view(-1, ph, pw)
+        buf[:, offsets[lv] : offsets[lv] + hh * ww] = _half(prev).reshape(-1, hh * ww)
+    return buf, [(int(offsets[i]), *shapes[i]) for i in range(levels)]
 
-    def at(yi: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
-        idx = (yi[:, :, None] * w + xi[:, None, :]).reshape(-1)
-        return flat.index_select(1, idx).reshape(k, *yi.shape, xi.shape[1])
 
-    top = at(y0i, x0i) * (1 - fx) + at(y0i, x1i) * fx
-    bottom = at(y1i, x0i) * (1 - fx) + at(y1i, x1i) * fx
+def _bilinear(
+    flat: torch.Tensor,
+    ys: NDArray[np.float64],
+    xs: NDArray[np.float64],
+    offset: NDArray[np.int64],
+    height: NDArray[np.int64],
+    width: NDArray[np.int64],
+) -> torch.Tensor:
+    """Sample images stored flat (K, total) -> (K, n, S, S).
+
+    Crop i reads the (height[i], width[i]) image that starts at offset[i] at
+    rows ys[i] (S,) x columns xs[i] (S,); coordinates outside the image take
+    the nearest border value.
+    """
+    hm, wm = (height - 1)[:, None], (width - 1)[:, None]
+    ys = np.clip(ys, 0, hm)
+    xs = np.clip(xs, 0, wm)
+    y0 = np.minimum(np.floor(ys), np.maximum(hm - 1, 0)).astype(np.int64)
+    x0 = np.minimum(np.floor(xs), np.maximum(wm - 1, 0)).astype(np.int64)
+    fy = torch.from_numpy((ys - y0).astype(np.float32))[:, :, None]
+    fx = torch.from_numpy((xs - x0).astype(np.float32))[:, None, :]
+    y1 = np.minimum(y0 + 1, hm)
+    x1 = np.minimum(x0 + 1, wm)
+    rows0 = offset[:, None, None] + (y0 * width[:, None])[:, :, None]
+    rows1 = offset[:, None, None] + (y1 * width[:, None])[:, :, None]
+    k = flat.shape[0]
+    shape = (k, *ys.shape, xs.shape[1])
+
+    def at(rows: NDArray[np.int64], cols: NDArray[np.int64]) -> torch.Tensor:
+        idx = torch.from_numpy((rows + cols[:, None, :]).reshape(-1))
+        return flat.index_select(1, idx).reshape(shape)
+
+    top = at(rows0, x0) * (1 - fx) + at(rows0, x1) * fx
+    bottom = at(rows1, x0) * (1 - fx) + at(rows1, x1) * fx
     return top * (1 - fy) + bottom * fy
+
+
+def _half(stack: torch.Tensor) -> torch.Tensor:
+    """Average 2 x 2 blocks of (K, H, W); an odd last row or column is repeated."""
+    _, h, w = stack.shape
+    if h % 2 or w % 2:
+        stack = F.pad(stack[None], (0, w % 2, 0, h % 2), mode="replicate")[0]
+    rows = stack[:, 0::2] + stack[:, 1::2]
+    return (rows[:, :, 0::2] + rows[:, :, 1::2]) * 0.25
 
 
 def extract_crops(
@@ -198,7 +268,7 @@ def extract_crops(
             )
     frames = [frames[0]] * (window - len(frames)) + frames
     geo = geometry or nucleus_geometry(
-        lab, crop_scale=crop_scale, min_side_px=min_side_px
+        lab, image=frames[-1], crop_scale=crop_scale, min_side_px=min_side_px
     )
     n = geo.ids.size
     out = torch.empty((n, window + 1, size, size), dtype=torch.float32)
@@ -209,17 +279,19 @@ def extract_crops(
     ys = geo.y_px[:, None] + offsets[None, :] * step[:, None]
     xs = geo.x_px[:, None] + offsets[None, :] * step[:, None]
     level = np.clip(np.floor(np.log2(np.maximum(step, 1.0))), 0, _PYRAMID_LEVELS - 1)
-    stack = torch.from_numpy(np.stack(frames).astype(np.float32, copy=False))
-    pyramid = [stack]
-    for _ in range(int(level.max())):
-        pyramid.append(F.avg_pool2d(pyramid[-1][None], 2, ceil_mode=True)[0])
-    for lv in np.unique(level).astype(int):
-        sel = np.flatnonzero(level == lv)
-        scale = 2.0**lv
-        ys_l = torch.from_numpy((ys[sel] + 0.5) / scale - 0.5).float()
-        xs_l = torch.from_numpy((xs[sel] + 0.5) / scale - 0.5).float()
-        crops = _bilinear(pyramid[lv], ys_l, xs_l)  # (K, m, S, S)
-        out[torch.from_numpy(sel), :window] = crops.permute(1, 0, 2, 3)
+    levels = int(level.max()) + 1
+    flat, where = _pyramid(frames, levels)
+    table = np.array(where, np.int64)[level.astype(np.intp)]  # (n, 3)
+    scale = (2.0**level)[:, None]
+    crops = _bilinear(
+        flat,
+        (ys + 0.5) / scale - 0.5,
+        (xs + 0.5) / scale - 0.5,
+        table[:, 0],
+        table[:, 1],
+        table[:, 2],
+    )
+    out[:, :window] = crops.permute(1, 0, 2, 3)
     intensity = out[:, :window].numpy()  # a view: normalised in place
     mean = intensity.mean(axis=(1, 2, 3), keepdims=True)
     std = intensity.std(axis=(1, 2, 3), keepdims=True)
@@ -247,12 +319,13 @@ def nucleus_context(
     n = geometry.ids.size
     if n == 0:
         return torch.zeros((0, 2), dtype=torch.float32)
-    img = np.asarray(image, np.float32)
+    img = np.asarray(image)
     lo = float(np.percentile(img[::4, ::4], 1.0))
-    flat = np.asarray(labels).ravel()
-    sums = np.bincount(flat, weights=img.ravel(), minlength=int(geometry.ids.max()) + 1)
+    if geometry.mean_intensity is None:
+        geometry = nucleus_geometry(labels, image=img)
+    assert geometry.mean_intensity is not None
     area = geometry.area_px.astype(np.float64)
-    mean = np.maximum(sums[geometry.ids] / area - lo, 1e-3)
+    mean = np.maximum(geometry.mean_intensity - lo, 1e-3)
     rel_area = np.log(area / np.median(area))
     rel_bright = np.log(mean / max(float(np.median(mean)), 1e-3))
     return torch.from_numpy(np.stack([rel_area, rel_bright], 1).astype(np.float32))
@@ -575,7 +648,7 @@ def train_shipped_scorer(
         "steps": steps,
         "batch_size": batch_size,
         "seed": seed,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "threads": torch.get_num_threads(),
         "train_s": round(time.perf_counter() - started, 1),
         "date": time.strftime("%Y-%m-%d"),
