@@ -73,7 +73,7 @@ class SegmenterConfig:
     widths: tuple[int, ...] = (8, 16, 32, 64)
     downsample: int = 2
     fg_threshold: float = 0.5
-    seed_threshold: float = 0.5
+    seed_threshold: float = 0.3
     smooth_px: float = 1.0
     min_area_px: int = 12
 
