@@ -298,6 +298,27 @@ def test_frame_goes_out_from_submit_when_a_worker_has_a_credit(
     assert server.stats == ServerStats(submitted=3, sent=3, results=3, workers=1)
 
 
+def test_frame_whose_image_does_not_match_its_header_is_skipped(
+    stream: Stream,
+) -> None:
+    server, recorder = stream.server()
+    client = stream.client(server.bound_address)
+    assert server.wait_for_worker(TIMEOUT_S)
+    frame, _ = frame_of(0)
+
+    server.submit(frame, np.zeros((3, 5), np.uint16))  # header says 24 x 32
+    server.submit(*frame_of(1))
+    received, _ = receive_frame(client)
+    recorder.wait_for(lambda: recorder.of("skipped"), "the skipped frame")
+
+    ((index, reason),) = recorder.of("skipped")
+    assert index == 0
+    assert "buffer 'image'" in reason
+    assert received.frame_index == 1
+    stats = server.stats
+    assert (stats.submitted, stats.skipped, stats.sent) == (2, 1, 1)
+
+
 def results_reach(recorder: StreamRecorder, n: int) -> Callable[[], bool]:
     """A predicate for `wait_for`: `n` results recorded."""
     return lambda: len(recorder.results) >= n

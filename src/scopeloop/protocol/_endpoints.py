@@ -46,6 +46,7 @@ logger = logging.getLogger("scopeloop.protocol")
 
 _POLL_MS = 250  # the I/O thread's longest sleep
 _CHECK_S = 0.02  # how often it looks for overdue frames and silent workers
+_BATCH = 64  # messages it takes in per round at most
 
 
 def check_loopback(address: str) -> None:
@@ -345,8 +346,9 @@ class FrameServer:
         while True:
             with self._lock:
                 self._io_waiting = False
-                messages = []
-                while _readable(socket):
+                messages: list[list[zmq.Frame]] = []
+                # A bounded batch: submit waits for this lock meanwhile.
+                while len(messages) < _BATCH and _readable(socket):
                     messages.append(_recv_parts(socket))
             now = time.monotonic()
             decoded = [self._decode(parts) for parts in messages]
@@ -524,7 +526,8 @@ class FrameServer:
     ) -> bool:
         """Send queued frames to workers with credits (lock held).
 
-        Returns whether a worker was found unreachable.
+        Returns whether something went wrong that must be reported at once (a
+        worker found unreachable, a frame that cannot be encoded).
         """
         failed = False
         pending = self._pending
@@ -536,8 +539,17 @@ class FrameServer:
             if worker is None:
                 return failed
             _, (frame, image) = pending.popitem(last=False)
+            try:
+                parts = encode(frame, (image,))
+            except ProtocolError as e:  # the image does not match its header
+                self._skipped += 1
+                calls.append(
+                    (self._listener.frame_skipped, (frame.frame_index, f"{e}"))
+                )
+                failed = True  # report it now
+                continue
             worker.credits -= 1
-            if not self._send(key, encode(frame, (image,))):
+            if not self._send(key, parts):
                 del self._workers[key]
                 if frame.position not in pending:
                     pending[frame.position] = (frame, image)
