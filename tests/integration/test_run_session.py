@@ -11,7 +11,6 @@ import _thread
 import csv
 import hashlib
 import json
-import random
 import signal
 import socket
 import threading
@@ -23,6 +22,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from addresses import free_address
 from scopeloop.config import SessionPlan
 from scopeloop.controller import FRAME_COLUMNS, EventSource, RunStatus, run_session
 from scopeloop.errors import ConfigError, DeviceError
@@ -75,24 +75,6 @@ def make_plan(
             **fields,
         }
     )
-
-
-def free_address() -> str:
-    """A loopback address that is free, on a port below the ephemeral range.
-
-    Not port 0's choice: that range is where other processes' servers (bound to
-    port 0) and every outgoing connection get their ports, so a stale client
-    elsewhere could connect to our server, or a worker that starts before the
-    server could connect to itself.
-    """
-    for port in random.sample(range(20_000, 32_000), 100):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return f"tcp://127.0.0.1:{port}"
-    raise RuntimeError("no free loopback port between 20000 and 32000")
 
 
 def read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:

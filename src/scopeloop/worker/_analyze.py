@@ -190,7 +190,9 @@ def _write_stacks(out: Path, scratch: list[tuple[np.memmap, np.memmap, int]]) ->
             for restored, labels, done in scratch:
                 if done:
                     stack = restored if name == "restored" else labels
-                    tif.write(stack[:done], metadata={"axes": "TYX"})
+                    tif.write(
+                        stack[:done], photometric="minisblack", metadata={"axes": "TYX"}
+                    )
     for restored, labels, _ in scratch:
         for stack in (restored, labels):
             path = Path(str(stack.filename))
