@@ -200,3 +200,8 @@ def test_worker_process_analyses_a_controller_run(tmp_path: Path) -> None:
         nuclei = list(csv.DictReader(f))
     assert {r["position"] for r in nuclei} == {"0", "1"}
     assert len(nuclei) >= 6
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    (seen,) = record["workers"]
+    assert seen["device"] == "cpu"
+    assert set(seen["models"]) == {"denoiser", "labels", "mitosis"}
+    assert all(len(sha) == 64 for sha in seen["models"].values())

@@ -406,6 +406,12 @@ def _run(
                 raw=raw.name,
                 summary=asdict(summary),
                 stream_stats=asdict(stats) if stats else None,
+                workers=[
+                    hello.model_dump(
+                        include={"worker_id", "device", "credits", "models"}
+                    )
+                    for hello in (server.workers_seen if server is not None else [])
+                ],
             )
             write_json(folder / "run.json", record)
             outcome["summary"] = summary

@@ -207,6 +207,7 @@ class FrameServer:
         self._io_waiting = False
         self._stop = threading.Event()
         self._worker_seen = threading.Event()
+        self._hellos: dict[str, Hello] = {}
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._socket = self._ctx.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -258,6 +259,11 @@ class FrameServer:
     def wait_for_worker(self, timeout_s: float) -> bool:
         """Wait until a worker has said hello (or `timeout_s` passed)."""
         return self._worker_seen.wait(timeout_s)
+
+    @property
+    def workers_seen(self) -> list[Hello]:
+        """The latest hello of every worker that connected: device, models."""
+        return list(self._hellos.copy().values())
 
     @property
     def stats(self) -> ServerStats:
@@ -464,6 +470,7 @@ class FrameServer:
     ) -> None:
         old = self._workers.pop(key, None)
         self._workers[key] = _Worker(hello.worker_id, hello.credits, now)
+        self._hellos[hello.worker_id] = hello
         self._worker_seen.set()
         if old is not None:
             self._lose(old, "worker said hello again", calls)
