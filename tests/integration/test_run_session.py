@@ -551,6 +551,7 @@ def test_plan_the_rig_cannot_carry_out_is_refused_before_any_frame(
             "time": {"interval_s": 0.1, "frames": 2},
             "properties": properties,
             "output": {"root": str(tmp_path / "runs")},
+            "budget": {"max_power_mw": 1000},  # the rig's own limit is checked
         }
     )
     out = tmp_path / "run"
@@ -608,10 +609,10 @@ def test_error_in_the_runner_fails_the_run_and_keeps_what_was_acquired(
     # thread, which re-raises there: hence the ignored warning).
     visit = EventSource._visit
 
-    def failing_visit(source: EventSource, p: int) -> list[useq.MDAEvent]:
+    def failing_visit(source: EventSource, p: int, *args: Any) -> list[useq.MDAEvent]:
         if sum(source.visits) >= 4:
             raise RuntimeError("the stage caught fire")
-        return visit(source, p)
+        return visit(source, p, *args)
 
     monkeypatch.setattr(EventSource, "_visit", failing_visit)
     plan = make_plan(frames=5, positions=1, interval_s=0.05)

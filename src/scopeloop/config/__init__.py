@@ -13,14 +13,24 @@ from ._plan import (
     load_plan,
     save_plan,
 )
+from ._policy import (
+    BasePolicySettings,
+    BudgetSettings,
+    EventDrivenSettings,
+    PolicySettings,
+)
 from ._simulation import OutputFormat, SimulationOptions
 
 __all__ = [
+    "BasePolicySettings",
+    "BudgetSettings",
+    "EventDrivenSettings",
     "GridPlan",
     "Illumination",
     "OutputFormat",
     "OutputSettings",
     "PlanPosition",
+    "PolicySettings",
     "PropertySetting",
     "SessionPlan",
     "SimulationOptions",

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from scopeloop.errors import ConfigError
 
+from ._policy import BasePolicySettings, BudgetSettings, PolicySettings
 from ._simulation import OutputFormat
 
 __all__ = [
@@ -209,6 +210,13 @@ class SessionPlan(_Model):
     )
     output: OutputSettings = Field(default_factory=OutputSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
+    policy: PolicySettings = Field(
+        default_factory=BasePolicySettings,
+        description="How the acquisition reacts to results (default: it does not).",
+    )
+    budget: BudgetSettings = Field(
+        default_factory=BudgetSettings, description="Hard caps on light."
+    )
 
     @model_validator(mode="after")
     def _positions_or_grid(self) -> SessionPlan:
@@ -220,6 +228,32 @@ class SessionPlan(_Model):
         names = [p.name for p in self.stage_positions()]
         if len(set(names)) != len(names):
             raise ValueError(f"position names must be unique, got {names}")
+        cap = self.budget.max_power_mw
+        ill = self.illumination
+        powers = {"illumination.laser_power_mw": ill.laser_power_mw}
+        if self.policy.kind == "event-driven":
+            if self.time.duration_s is None:
+                raise ValueError(
+                    "an event-driven policy needs time.duration_s (how long to "
+                    f"watch), got frames={self.time.frames}"
+                )
+            if self.policy.fast_power_mw is not None:
+                powers["policy.fast_power_mw"] = self.policy.fast_power_mw
+        for setting in self.properties:
+            if (setting.device, setting.property) == (
+                ill.laser_device,
+                ill.laser_property,
+            ):
+                raise ValueError(
+                    f"properties: {setting.device}.{setting.property} is the laser "
+                    "power; set it with illumination.laser_power_mw (the light "
+                    "budget checks it there)"
+                )
+        for field, power in powers.items():
+            if power > cap:
+                raise ValueError(
+                    f"{field} = {power} mW is above budget.max_power_mw = {cap} mW"
+                )
         return self
 
     def stage_positions(self) -> list[PlanPosition]:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["FRAME_COLUMNS", "FrameLedger"]
 
 FRAME_COLUMNS = (
-    "index", "position", "position_name", "t", "z", "time_s", "exposure_ms",
+    "index", "position", "position_name", "t", "z", "time_s", "mode", "exposure_ms",
     "laser_power_mw", "dose_mj", "stream", "reason", "worker", "latency_ms",
 )  # fmt: skip
 _BLANK_ROW: dict[str, Any] = dict.fromkeys(FRAME_COLUMNS, "")
@@ -90,6 +90,11 @@ class FrameLedger:
             self.on_result(result, arrays, received_at)
 
     # -- reading ------------------------------------------------------------
+
+    def acquired_at(self, index: int) -> float | None:
+        """When frame `index` was acquired (the clock of `add`), if known."""
+        with self._lock:
+            return self._acquired_at.get(index)
 
     def counts(self) -> dict[str, int]:
         """How many frames are in each `stream` state."""

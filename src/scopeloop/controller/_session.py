@@ -25,9 +25,12 @@ from scopeloop.protocol import ArraySpec, FrameMessage, FrameServer, ServerStats
 from scopeloop.storage import file_sha256, new_run_folder, write_json
 from scopeloop.versions import package_versions
 
+from ._budget import BudgetedEngine, LightBudget
+from ._decisions import DecisionLog
 from ._events import EventSource, Site
 from ._intake import ResultIntake
 from ._ledger import FrameLedger
+from ._policy import EventDrivenPolicy, make_policy
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -71,6 +74,8 @@ class RunSummary:
     rejected_messages: int = 0
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
+    decisions: dict[str, int] = field(default_factory=dict)
+    dose_per_position_mj: list[float] = field(default_factory=list)
 
 
 def _check_rig(core: UniMMCore, plan: SessionPlan) -> None:
@@ -208,6 +213,7 @@ class _Acquisition:
                 "t": t,
                 "z": z,
                 "time_s": round(elapsed, 4),
+                "mode": event.metadata.get("mode", ""),
                 "exposure_ms": exposure,
                 "laser_power_mw": power,
                 "dose_mj": round(dose, 6),
@@ -330,12 +336,30 @@ def _run(
     pixel_size_um = core.getPixelSizeUm()
 
     intake = ResultIntake(folder / "results", [s.name for s in sites], pixel_size_um)
-    ledger.on_result = intake.put
+    budget = LightBudget(plan.budget, len(sites))
+    policy = make_policy(plan, len(sites))
+    decisions = DecisionLog(folder / "decisions.jsonl")
+    source = EventSource(
+        plan, sites, policy=policy, budget=budget, on_decision=decisions.write
+    )
+
+    def on_result(result: Any, arrays: list[Any], received_at: float) -> None:
+        intake.put(result, arrays, received_at)
+        acquired = ledger.acquired_at(result.frame_index)
+        origin = received_at - source.now_s()
+        changes = policy.observe(
+            result, None if acquired is None else acquired - origin, source.now_s()
+        )
+        for decision in changes:
+            decisions.write(decision)
+        if changes:
+            source.wake()
+
+    ledger.on_result = on_result
     if server is not None:
         record["stream"] = {"address": server.bound_address}
         write_json(folder / "run.json", record)
     acquisition = _Acquisition(plan, sites, ledger, server, pixel_size_um)
-    source = EventSource(plan, sites)
     suffix = ".ome.zarr" if plan.output.format.value == "ome-zarr" else ".ome.tiff"
     raw = folder / f"raw{suffix}"
 
@@ -357,10 +381,15 @@ def _run(
             )
         record["stream"]["worker_connected_before_start"] = server.stats.workers > 0
         write_json(folder / "run.json", record)
-    # Hardware sequencing would merge the event source into one sequence,
-    # expanding it up front; the source must be asked one event at a time.
-    sequencing = core.mda.engine.use_hardware_sequencing  # type: ignore[union-attr]
-    core.mda.engine.use_hardware_sequencing = False  # type: ignore[union-attr]
+    # Every event's light is redeemed by the engine against its grant. Its
+    # hardware sequencing is off: sequencing would merge the event source into
+    # one sequence, expanding it up front; the source must be asked one event
+    # at a time.
+    previous_engine = core.mda.engine
+    ill = plan.illumination
+    core.mda.set_engine(
+        BudgetedEngine(core, budget, (ill.laser_device, ill.laser_property))
+    )
     try:
         interrupted = run_until_done(core, source, output=str(raw), on_tick=tick)
         if interrupted is not None:
@@ -373,7 +402,8 @@ def _run(
         raise DeviceError(f"acquisition failed: {e}") from e
     finally:
         source.stop()
-        core.mda.engine.use_hardware_sequencing = sequencing  # type: ignore[union-attr]
+        if previous_engine is not None:
+            core.mda.set_engine(previous_engine)
         core.mda.events.frameReady.disconnect(acquisition.on_frame)
         core.mda.events.sequenceStarted.disconnect(sequence_started)
         elapsed = time.monotonic() - acquisition.started
@@ -399,6 +429,8 @@ def _run(
                 rejected_messages=stats.rejected if stats else 0,
                 latency_p50_ms=ledger.latency_ms(0.5),
                 latency_p99_ms=ledger.latency_ms(0.99),
+                decisions=dict(decisions.counts),
+                dose_per_position_mj=[round(d, 6) for d in budget.dose_mj],
             )
             record.update(
                 ended=datetime.now().isoformat(timespec="seconds"),
@@ -406,6 +438,20 @@ def _run(
                 raw=raw.name,
                 summary=asdict(summary),
                 stream_stats=asdict(stats) if stats else None,
+                budget={
+                    "granted_mj": round(budget.total_mj, 6),
+                    "per_position_mj": [round(d, 6) for d in budget.dose_mj],
+                    "reductions": budget.reductions,
+                    "refusals": budget.refusals,
+                },
+                modes=(
+                    {
+                        site.name: state.modes
+                        for site, state in zip(sites, policy.positions, strict=True)
+                    }
+                    if isinstance(policy, EventDrivenPolicy)
+                    else None
+                ),
                 workers=[
                     hello.model_dump(
                         include={"worker_id", "device", "credits", "models"}
@@ -419,6 +465,7 @@ def _run(
         # Each step runs even if one before it fails or is interrupted.
         with contextlib.ExitStack() as closing:
             closing.callback(write_record)
+            closing.callback(decisions.close)
             closing.callback(intake.close)
             if server is not None:
                 closing.callback(server.close, drain_s=plan.stream.drain_s)
