@@ -91,6 +91,11 @@ class FrameLedger:
 
     # -- reading ------------------------------------------------------------
 
+    def rows(self) -> list[dict[str, Any]]:
+        """Copies of every row, in acquisition order."""
+        with self._lock:
+            return [dict(self._rows[i]) for i in sorted(self._rows)]
+
     def acquired_at(self, index: int) -> float | None:
         """When frame `index` was acquired (the clock of `add`), if known."""
         with self._lock:

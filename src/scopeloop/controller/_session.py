@@ -258,6 +258,7 @@ def run_session(
     out: Path | None = None,
     worker: str | None = None,
     on_tick: Callable[[RunStatus], None] | None = None,
+    on_finished: Callable[[Any, Path, list[dict[str, Any]]], None] | None = None,
 ) -> RunSummary:
     """Run `plan` on the rig of `config`; write everything into a new run folder.
 
@@ -276,6 +277,10 @@ def run_session(
         Overrides the plan's worker address; ``"none"`` streams nothing.
     on_tick
         Called a few times a second with a `RunStatus` (on the calling thread).
+    on_finished
+        Called after the acquisition with the core, the run folder and the
+        rows of frames.csv, before the core is released (e.g. to write a
+        simulated rig's ground truth); its errors are logged, never raised.
 
     A Ctrl-C stops the acquisition cleanly; what was acquired stays complete,
     and the summary says the run was cancelled.
@@ -303,7 +308,10 @@ def run_session(
         )
         try:
             folder = new_run_folder(plan.output.root, plan.name, exact=out)
-            return _run(core, config, plan, plan_file, folder, ledger, server, on_tick)
+            return _run(
+                core, config, plan, plan_file, folder, ledger, server, on_tick,
+                on_finished,
+            )  # fmt: skip
         finally:
             if server is not None:
                 server.close()  # idempotent: a run that got going closed it, drained
@@ -321,6 +329,7 @@ def _run(
     ledger: FrameLedger,
     server: FrameServer | None,
     on_tick: Callable[[RunStatus], None] | None,
+    on_finished: Callable[[Any, Path, list[dict[str, Any]]], None] | None,
 ) -> RunSummary:
     record: dict[str, Any] = {
         "scopeloop": __version__,
@@ -409,6 +418,11 @@ def _run(
         elapsed = time.monotonic() - acquisition.started
         # The acquisition's record goes to disk first, whatever happens next.
         ledger.write_csv(folder / "frames.csv")
+        if on_finished is not None:
+            try:
+                on_finished(core, folder, ledger.rows())
+            except Exception:
+                logger.exception("after the acquisition: on_finished failed")
         outcome: dict[str, RunSummary] = {}
 
         def write_record() -> None:
