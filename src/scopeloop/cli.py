@@ -177,7 +177,52 @@ def simulate(
 
 
 def _default_plan() -> Path:
-    return Path(__file__).parent / "plans" / "demo.yaml"
+    return Path(__file__).parent / "plans" / "closed_loop.yaml"
+
+
+def _free_loopback_address() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"tcp://127.0.0.1:{port}"
+
+
+class _LocalWorker:
+    """`scopeloop worker` in a child process, its output in a log file."""
+
+    def __init__(self, address: str) -> None:
+        import subprocess
+        import sys
+        import tempfile
+
+        self.log = Path(tempfile.mkstemp(prefix="scopeloop-worker-", suffix=".log")[1])
+        self._file = self.log.open("w")
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "scopeloop", "worker", "--address", address,
+                "--threads", "1", "--idle-exit", "60",
+            ],
+            stdout=self._file,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def stop(self, folder: Path | None) -> None:
+        import shutil
+        import subprocess
+
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._file.close()
+        if folder is not None and folder.is_dir():
+            shutil.copyfile(self.log, folder / "worker.log")
+        self.log.unlink(missing_ok=True)
 
 
 @app.command()
@@ -191,7 +236,7 @@ def run(
     plan: Annotated[
         Path | None,
         typer.Option(
-            help="Session plan (YAML) (default: the bundled plans/demo.yaml)."
+            help="Session plan (YAML) (default: the bundled plans/closed_loop.yaml)."
         ),
     ] = None,
     out: Annotated[
@@ -205,12 +250,16 @@ def run(
     worker: Annotated[
         str | None,
         typer.Option(
-            help="Address to stream frames on, e.g. tcp://127.0.0.1:5555, or "
-            "'none' (default: the plan's)."
+            help="Address to stream frames on for workers started elsewhere, e.g. "
+            "tcp://127.0.0.1:5555, or 'none' (default: start a local worker).",
         ),
     ] = None,
 ) -> None:
-    """Acquire a plan on a rig, stream every frame to workers, keep everything."""
+    """Run the loop: acquire, stream every frame to a worker, react, keep everything.
+
+    With no arguments: the closed loop on the simulated rig with the default
+    plan and a local worker, then a report.
+    """
     from scopeloop.config import load_plan
     from scopeloop.controller import RunStatus, run_session
     from scopeloop.hardware import default_config
@@ -220,6 +269,17 @@ def run(
         session_plan = load_plan(plan_path)
     except ScopeloopError as e:
         raise _fail(str(e)) from None
+    local: _LocalWorker | None = None
+    if worker is None and session_plan.stream.enabled:
+        worker = _free_loopback_address()
+        stream = session_plan.stream.model_copy(
+            update={
+                "wait_for_worker_s": max(session_plan.stream.wait_for_worker_s, 120)
+            }
+        )
+        session_plan = session_plan.model_copy(update={"stream": stream})
+        console.print(f"starting a local worker on {worker}", highlight=False)
+        local = _LocalWorker(worker)
 
     def render(status: RunStatus) -> Table:
         table = Table(show_header=False, box=None)
@@ -240,10 +300,20 @@ def run(
                 else f"{status.latency_p50_ms:.0f} ms"
             )
             table.add_row("latency p50", latency)
+        for p in status.positions:
+            table.add_row(
+                p.name,
+                f"{p.mode:<5} {p.frames:>4} frames  {p.dose_mj:7.3f} mJ  "
+                f"{p.divisions} divisions",
+            )
         return table
 
+    import scopeloop.sim
+
+    finished = getattr(scopeloop.sim, "write_run_truth", None)
     live = Live(console=console, refresh_per_second=4, transient=True)
     live.start()
+    summary = None
     try:
         summary = run_session(
             config or default_config(),
@@ -252,12 +322,15 @@ def run(
             out=out,
             worker=worker,
             on_tick=lambda status: live.update(render(status)),
+            on_finished=finished,
         )
     except ScopeloopError as e:
         live.stop()
         raise _fail(str(e)) from None
     finally:
         live.stop()
+        if local is not None:
+            local.stop(Path(summary.folder) if summary is not None else out)
 
     table = Table(
         title=f"run {summary.finish_reason} -> {summary.folder}", show_header=False
@@ -277,6 +350,11 @@ def run(
         table.add_row(
             "latency p50 / p99",
             f"{summary.latency_p50_ms:.1f} / {summary.latency_p99_ms:.1f} ms",
+        )
+    if summary.decisions:
+        table.add_row(
+            "decisions",
+            ", ".join(f"{k}: {v}" for k, v in sorted(summary.decisions.items())),
         )
     if summary.rejected_messages:
         table.add_row("rejected messages", str(summary.rejected_messages))

@@ -10,7 +10,7 @@ from ._events import EventSource, Site
 from ._intake import ResultIntake
 from ._ledger import FRAME_COLUMNS, FrameLedger
 from ._policy import BasePolicy, Decision, EventDrivenPolicy, Mode, Policy, Visit
-from ._session import RunStatus, RunSummary, run_session
+from ._session import PositionStatus, RunStatus, RunSummary, run_session
 
 __all__ = [
     "FRAME_COLUMNS",
@@ -26,6 +26,7 @@ __all__ = [
     "LightBudget",
     "Mode",
     "Policy",
+    "PositionStatus",
     "ResultIntake",
     "RunStatus",
     "RunSummary",

@@ -42,9 +42,20 @@ if TYPE_CHECKING:
 
     from scopeloop.config import SessionPlan
 
-__all__ = ["RunStatus", "RunSummary", "run_session"]
+__all__ = ["PositionStatus", "RunStatus", "RunSummary", "run_session"]
 
 logger = logging.getLogger("scopeloop.controller")
+
+
+@dataclass(frozen=True, slots=True)
+class PositionStatus:
+    """A live snapshot of one position."""
+
+    name: str
+    mode: str
+    frames: int
+    dose_mj: float
+    divisions: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +67,7 @@ class RunStatus:
     frames_per_s: float
     stream: ServerStats | None
     latency_p50_ms: float | None
+    positions: tuple[PositionStatus, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -168,6 +180,8 @@ class _Acquisition:
         self.server = server
         self.pixel_size_um = pixel_size_um
         self.frames = 0
+        self.per_position = [0] * len(sites)
+        self.divisions = [0] * len(sites)
         self.dose_mj = 0.0
         self.started = time.monotonic()
         self.errors = 0
@@ -194,6 +208,8 @@ class _Acquisition:
         event_index = event.index
         p = event_index.get("p", 0)
         t = event_index.get("t", 0)
+        if 0 <= p < len(self.per_position):
+            self.per_position[p] += 1
         z = event_index.get("z", 0)
         name = self.sites[p].name
         power = 0.0
@@ -354,6 +370,8 @@ def _run(
 
     def on_result(result: Any, arrays: list[Any], received_at: float) -> None:
         intake.put(result, arrays, received_at)
+        if result.divisions and 0 <= result.position < len(sites):
+            acquisition.divisions[result.position] += len(result.divisions)
         acquired = ledger.acquired_at(result.frame_index)
         origin = received_at - source.now_s()
         changes = policy.observe(
@@ -374,7 +392,7 @@ def _run(
 
     def tick() -> None:
         if on_tick is not None:
-            on_tick(_status(acquisition, server, ledger))
+            on_tick(_status(acquisition, server, ledger, source, budget))
 
     def sequence_started(*_: Any) -> None:
         acquisition.started = time.monotonic()
@@ -487,7 +505,11 @@ def _run(
 
 
 def _status(
-    acq: _Acquisition, server: FrameServer | None, ledger: FrameLedger
+    acq: _Acquisition,
+    server: FrameServer | None,
+    ledger: FrameLedger,
+    source: EventSource,
+    budget: LightBudget,
 ) -> RunStatus:
     elapsed = time.monotonic() - acq.started
     return RunStatus(
@@ -496,4 +518,14 @@ def _status(
         frames_per_s=acq.frames / elapsed if elapsed > 0 else 0.0,
         stream=server.stats if server is not None else None,
         latency_p50_ms=ledger.latency_ms(0.5),
+        positions=tuple(
+            PositionStatus(
+                name=site.name,
+                mode="done" if p in source.exhausted else source.policy.visit(p).mode,
+                frames=acq.per_position[p],
+                dose_mj=budget.dose_mj[p],
+                divisions=acq.divisions[p],
+            )
+            for p, site in enumerate(acq.sites)
+        ),
     )
