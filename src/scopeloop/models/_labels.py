@@ -30,6 +30,7 @@ from skimage.segmentation import watershed
 from torch import nn
 
 from scopeloop.models._data import random_clip
+from scopeloop.models._denoise import Denoiser
 from scopeloop.models._unet import pad_to_multiple
 from scopeloop.models._weights import (
     load_model_file,
@@ -45,12 +46,14 @@ if TYPE_CHECKING:
     from scopeloop.models._data import SimClip
 
 __all__ = [
+    "RESTORED_P",
     "Segmenter",
     "SegmenterConfig",
     "average_precision",
     "fold_batchnorm",
     "labels_from_maps",
     "normalise_image",
+    "restore_clips",
     "shipped_segmenter_clips",
     "train_segmenter",
     "train_shipped_segmenter",
@@ -59,6 +62,9 @@ __all__ = [
 ]
 
 _PERCENTILES = (1.0, 99.8)
+
+#: Share of training inputs that are the denoiser's output (see `training_frames`).
+RESTORED_P = 1.0 / 3.0
 
 
 @dataclass(frozen=True)
@@ -430,40 +436,76 @@ def _match_counts(
 
 
 def training_image(
-    rng: np.random.Generator, clip: SimClip, t: int
+    rng: np.random.Generator,
+    clip: SimClip,
+    t: int,
+    *,
+    restored: NDArray[Any] | None = None,
+    restored_p: float = RESTORED_P,
 ) -> NDArray[np.float32]:
     """Frame `t` of `clip` as the models may see it at run time.
 
-    See `training_frames`, of which this is one frame.
+    See `training_frames`, of which this is one frame; `restored`, when
+    given, is the denoiser's output for the whole clip.
     """
-    out: NDArray[np.float32] = training_frames(rng, clip, slice(t, t + 1))[0]
+    out: NDArray[np.float32] = training_frames(
+        rng, clip, slice(t, t + 1), restored=restored, restored_p=restored_p
+    )[0]
     return out
 
 
+def restore_clips(
+    clips: Sequence[SimClip],
+    restore: Callable[[NDArray[Any]], NDArray[Any]] | None = None,
+    device: str | torch.device = "cpu",
+) -> list[NDArray[np.float32]]:
+    """The denoiser's output (T, Y, X) for the noisy frames of every clip.
+
+    `restore` maps (T, Y, X) frames to restored frames on the same grey
+    scale; None: the shipped `Denoiser` on `device`.
+    """
+    if restore is None:
+        restore = Denoiser.load(device=device)
+    return [np.asarray(restore(c.noisy), np.float32) for c in clips]
+
+
 def training_frames(
-    rng: np.random.Generator, clip: SimClip, frames: slice | None = None
+    rng: np.random.Generator,
+    clip: SimClip,
+    frames: slice | None = None,
+    *,
+    restored: NDArray[Any] | None = None,
+    restored_p: float = RESTORED_P,
 ) -> NDArray[np.float32]:
     """Frames of `clip` (T, Y, X) as the models may see them at run time.
 
-    The worker feeds the models the denoiser's output, whatever that looks
-    like, so training mixes: the raw noisy frames; the noise-free frames with
-    a little noise; the noisy frames smoothed by a gaussian; and now and then
-    the result quantised to a few grey levels, as in dim 8-bit recordings.
-    One draw applies to all the frames.
+    The worker feeds the models the denoiser's output (or the raw frames
+    with ``--no-denoise``, or another denoiser's), so training mixes: with
+    `restored` (the shipped denoiser's output for the whole clip, see
+    `restore_clips`), that output in a fraction `restored_p` of the draws;
+    otherwise the raw noisy frames; the noise-free frames with a little
+    noise; the noisy frames smoothed by a gaussian (in proportions 35 : 35 :
+    30). Now and then the result is quantised to a few grey levels, as in
+    dim 8-bit recordings. One draw applies to all the frames.
     """
     sl = frames if frames is not None else slice(None)
     noisy = clip.noisy[sl].astype(np.float32)
     choice = rng.uniform()
-    if choice < 0.35:
-        img = noisy
-    elif choice < 0.7:
-        clean = clip.clean[sl]
-        span = float(np.percentile(clean, 99.5) - np.percentile(clean, 1))
-        sigma = rng.uniform(0.0, 0.08) * max(span, 1e-3)
-        img = (clean + rng.normal(0.0, sigma, clean.shape)).astype(np.float32)
+    if restored is not None and choice < restored_p:
+        img = np.asarray(restored[sl], np.float32)
     else:
-        sigma = float(rng.uniform(0.7, 2.0))
-        img = ndi.gaussian_filter(noisy, (0.0, sigma, sigma))
+        if restored is not None:
+            choice = (choice - restored_p) / (1.0 - restored_p)
+        if choice < 0.35:
+            img = noisy
+        elif choice < 0.7:
+            clean = clip.clean[sl]
+            span = float(np.percentile(clean, 99.5) - np.percentile(clean, 1))
+            sigma = rng.uniform(0.0, 0.08) * max(span, 1e-3)
+            img = (clean + rng.normal(0.0, sigma, clean.shape)).astype(np.float32)
+        else:
+            sigma = float(rng.uniform(0.7, 2.0))
+            img = ndi.gaussian_filter(noisy, (0.0, sigma, sigma))
     if rng.uniform() < 0.15:
         lo, hi = np.percentile(img, (0.5, 99.9))
         levels = float(rng.uniform(20, 255))
@@ -502,6 +544,8 @@ def train_segmenter(
     config: SegmenterConfig | None = None,
     device: str | torch.device = "cpu",
     progress: Callable[[int, float], None] | None = None,
+    restore: Callable[[NDArray[Any]], NDArray[Any]] | None = None,
+    restored_p: float = RESTORED_P,
 ) -> Segmenter:
     """Train a `Segmenter` on simulated clips with their ground-truth labels.
 
@@ -510,11 +554,15 @@ def train_segmenter(
     one size then) from random frames, rendered by `training_image`, with
     random flips and quarter turns. A fraction `zoom_p` of the crops are
     enlarged 1.2 to 2.5 times, for nuclei bigger than the simulator draws
-    (such as the 50-pixel nuclei of 1024 x 1024 recordings).
-    `progress(step, loss)` is called every 50 steps.
+    (such as the 50-pixel nuclei of 1024 x 1024 recordings). A fraction
+    `restored_p` of the crops are cut from the denoiser's output (`restore`,
+    by default the shipped `Denoiser`; ``restored_p=0`` for none), which is
+    what the worker labels. `progress(step, loss)` is called every 50 steps.
     """
     if not clips:
         raise ValueError("train_segmenter needs at least one clip")
+    if not 0.0 <= restored_p < 1.0:
+        raise ValueError(f"restored_p must be in [0, 1), got {restored_p}")
     config = config or SegmenterConfig()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -523,6 +571,15 @@ def train_segmenter(
     multiple = net.multiple
     frames = [(c, t) for c in clips for t in range(len(c))]
     targets = {(id(c), t): _targets(c.labels[t]) for c, t in frames}
+    restored: dict[int, NDArray[np.float32] | None] = {id(c): None for c in clips}
+    if restored_p > 0:
+        restored = dict(
+            zip(
+                (id(c) for c in clips),
+                restore_clips(clips, restore, device),
+                strict=True,
+            )
+        )
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     d = config.downsample
@@ -539,7 +596,9 @@ def train_segmenter(
             y0 = int(rng.integers(0, h - sh + 1))
             x0 = int(rng.integers(0, w - sw + 1))
             sl = np.s_[y0 : y0 + sh, x0 : x0 + sw]
-            img = training_image(rng, clip, t)[sl]
+            img = training_image(
+                rng, clip, t, restored=restored[id(clip)], restored_p=restored_p
+            )[sl]
             if zoom == 1.0:
                 fg, dist = targets[(id(clip), t)]
                 fg, dist = fg[sl], dist[sl]
@@ -599,11 +658,15 @@ def train_shipped_segmenter(
 ) -> str:
     """Make the shipped labels weights: simulate clips, train, write `out`.
 
-    Reproducible for a given seed and device (clips and training both draw
+    A third of the training inputs are the shipped denoiser's output (its
+    sha256 is recorded in the file's metadata), so the weights go with that
+    denoiser. Reproducible for a given seed and device (clips and training both draw
     from `seed`). Returns the file's sha256.
     """
     started = time.perf_counter()
     clips = shipped_segmenter_clips(seed, n_clips)
+    denoiser = Denoiser.load(device=device)
+    denoiser_sha = denoiser.sha256
     seg = train_segmenter(
         clips,
         steps=steps,
@@ -612,11 +675,14 @@ def train_shipped_segmenter(
         seed=seed,
         device=device,
         progress=progress,
+        restore=denoiser,
     )
     meta = {
         "made_by": "scopeloop.models._labels.train_shipped_segmenter",
         "data": f"{n_clips} random_clip (192x192, 2 frames), fast_cycle alternating",
-        "inputs": "noisy / clean+noise / smoothed noisy, some quantised",
+        "inputs": "shipped denoiser's output (1/3) / noisy / clean+noise / "
+        "smoothed noisy, some quantised",
+        "denoiser": denoiser_sha,
         "steps": steps,
         "batch_size": batch_size,
         "patch": patch,

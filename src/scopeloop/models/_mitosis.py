@@ -30,7 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from scopeloop.models._data import random_clip
-from scopeloop.models._labels import fold_batchnorm, training_frames
+from scopeloop.models._denoise import Denoiser
+from scopeloop.models._labels import (
+    RESTORED_P,
+    fold_batchnorm,
+    restore_clips,
+    training_frames,
+)
 from scopeloop.models._weights import (
     load_model_file,
     save_model_file,
@@ -496,14 +502,20 @@ def roc_auc(scores: NDArray[Any], positive: NDArray[Any]) -> float:
 
 
 def clip_crops(
-    rng: np.random.Generator, clip: SimClip, config: ScorerConfig
+    rng: np.random.Generator,
+    clip: SimClip,
+    config: ScorerConfig,
+    *,
+    restored: NDArray[Any] | None = None,
+    restored_p: float = RESTORED_P,
 ) -> tuple[torch.Tensor, torch.Tensor, NDArray[np.int8]]:
     """Crops, context and phase of every nucleus of every frame of `clip`.
 
     The frames are rendered by `training_frames` (one kind of input for the
-    whole clip), the crops cut around the ground-truth labels.
+    whole clip; `restored`, the denoiser's output for the clip, in a fraction
+    `restored_p` of the clips), the crops cut around the ground-truth labels.
     """
-    images = training_frames(rng, clip)
+    images = training_frames(rng, clip, restored=restored, restored_p=restored_p)
     xs: list[torch.Tensor] = []
     cs: list[torch.Tensor] = []
     phases: list[NDArray[np.int8]] = []
@@ -537,21 +549,33 @@ def train_scorer(
     config: ScorerConfig | None = None,
     device: str | torch.device = "cpu",
     progress: Callable[[int, float], None] | None = None,
+    restore: Callable[[NDArray[Any]], NDArray[Any]] | None = None,
+    restored_p: float = RESTORED_P,
 ) -> MitosisScorer:
     """Train a `MitosisScorer` on simulated clips with ground-truth labels.
 
     Crops of all nuclei of all frames are cut once (`clip_crops`); each step
     draws `batch_size` of them, half mitotic when there are enough, with
     random flips and quarter turns, and now and then the history replaced by
-    the current frame (as at the start of an acquisition).
-    `progress(step, loss)` is called every 50 steps.
+    the current frame (as at the start of an acquisition). A fraction
+    `restored_p` of the clips are seen through the denoiser (`restore`, by
+    default the shipped `Denoiser`; ``restored_p=0`` for none), as the worker
+    sees them. `progress(step, loss)` is called every 50 steps.
     """
     if not clips:
         raise ValueError("train_scorer needs at least one clip")
+    if not 0.0 <= restored_p < 1.0:
+        raise ValueError(f"restored_p must be in [0, 1), got {restored_p}")
     config = config or ScorerConfig()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    parts = [clip_crops(rng, c, config) for c in clips]
+    restored: list[NDArray[np.float32] | None] = [None] * len(clips)
+    if restored_p > 0:
+        restored = list(restore_clips(clips, restore, device))
+    parts = [
+        clip_crops(rng, c, config, restored=r, restored_p=restored_p)
+        for c, r in zip(clips, restored, strict=True)
+    ]
     x_all = torch.cat([p[0] for p in parts])
     c_all = torch.cat([p[1] for p in parts])
     phase = np.concatenate([p[2] for p in parts])
@@ -627,10 +651,13 @@ def train_shipped_scorer(
 ) -> str:
     """Make the shipped mitosis weights: simulate clips, train, write `out`.
 
-    Reproducible for a given seed and device. Returns the file's sha256.
+    A third of the clips are seen through the shipped denoiser (its sha256
+    is recorded in the metadata). Reproducible for a given seed and device.
+    Returns the file's sha256.
     """
     started = time.perf_counter()
     clips = shipped_scorer_clips(seed, n_clips)
+    denoiser = Denoiser.load(device=device)
     scorer = train_scorer(
         clips,
         steps=steps,
@@ -638,12 +665,15 @@ def train_shipped_scorer(
         seed=seed,
         device=device,
         progress=progress,
+        restore=denoiser,
     )
     meta = {
         "made_by": "scopeloop.models._mitosis.train_shipped_scorer",
         "data": f"{n_clips} random_clip (160x160, 6 frames, fast_cycle), "
         "half at intervals of 30 s to 15 min",
-        "inputs": "noisy / clean+noise / smoothed noisy, some quantised",
+        "inputs": "shipped denoiser's output (1/3) / noisy / clean+noise / "
+        "smoothed noisy, some quantised",
+        "denoiser": denoiser.sha256,
         "labels": "ground truth; positive = prophase..telophase",
         "steps": steps,
         "batch_size": batch_size,
