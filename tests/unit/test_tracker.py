@@ -15,8 +15,10 @@ R = 5.0
 AREA = math.pi * R**2
 
 
-def nucleus(label: int, y: float, x: float, score: float = 0.0) -> Detection:
-    return Detection(label, y, x, AREA, score)
+def nucleus(
+    label: int, y: float, x: float, score: float = 0.0, area: float = AREA
+) -> Detection:
+    return Detection(label, y, x, area, score)
 
 
 def test_nuclei_that_move_a_little_keep_their_track() -> None:
@@ -90,6 +92,30 @@ def test_daughters_do_not_divide_again_before_leaving_mitosis() -> None:
         2, [nucleus(4, 50, 42, 0.9), nucleus(5, 50, 47, 0.9), nucleus(6, 50, 57, 0.9)]
     )
     assert second == []
+
+
+def test_two_nuclei_seen_as_one_then_apart_are_not_a_division() -> None:
+    # Two touching interphase nuclei merged by the segmenter for two frames:
+    # the blob scores as mitotic (a dumbbell), but it grew suddenly from a
+    # nucleus that was not in mitosis, so its parting is not a division.
+    tracker = Tracker()
+    tracker.update(0, [nucleus(1, 50, 44, score=0.1), nucleus(2, 50, 57, score=0.1)])
+    tracker.update(1, [nucleus(1, 50, 50, area=600, score=0.9)])
+    tracker.update(2, [nucleus(1, 50, 50, area=600, score=0.9)])
+    _, divisions = tracker.update(
+        3, [nucleus(3, 50, 44, score=0.1), nucleus(4, 50, 57, score=0.1)]
+    )
+    assert divisions == []
+
+
+def test_a_mitotic_nucleus_that_grows_before_it_splits_still_divides() -> None:
+    # Anaphase seen as one elongated blob: the growth follows mitosis, so it
+    # is not a merge.
+    tracker = Tracker()
+    tracker.update(0, [nucleus(1, 50, 50, score=0.9)])
+    tracker.update(1, [nucleus(1, 50, 50, area=600, score=0.9)])
+    _, divisions = tracker.update(2, [nucleus(2, 50, 44, 0.9), nucleus(3, 50, 57, 0.9)])
+    assert len(divisions) == 1
 
 
 def test_divisions_on_ground_truth_labels_are_found() -> None:

@@ -7,6 +7,13 @@ mitosis (its recent mitosis score passed `division_score`) and now has two
 nuclei near where it was: both become new tracks (the daughters), the mother's
 track ends, and a `Division` records the event. Tracks that find no nucleus
 survive `max_gap` frames before they end.
+
+Two touching nuclei that the segmenter sees as one for a few frames look like
+a division when they part again, and the merged blob often scores as
+mitotic (a dumbbell, like telophase). A track that was not in mitosis and
+whose nucleus suddenly grows (radius up by `merge_growth`) is taken for such a
+merge: its radius is not updated and it cannot divide until its nucleus is
+back to its size.
 """
 
 from __future__ import annotations
@@ -59,6 +66,8 @@ class Track:
     vx: float = 0.0
     can_divide: bool = True
     """False for daughters until they are seen out of mitosis."""
+    merged: bool = False
+    """True while its nucleus looks like two nuclei seen as one."""
 
     @property
     def recent_score(self) -> float:
@@ -93,10 +102,13 @@ class TrackerSettings:
     """Recent mitosis score a mother needs for a split to count as a division."""
     split_midpoint: float = 1.5
     """Farthest the daughters' midpoint lies from where the mother was."""
-    split_size: float = 0.8
+    split_size: float = 0.4
     """Largest relative difference in radius between two daughters."""
     max_gap: int = 2
     """Frames a track survives without a nucleus before it ends."""
+    merge_growth: float = 1.3
+    """Radius ratio above which a nucleus that was not in mitosis and grew
+    from one frame to the next is taken for two merged nuclei."""
 
 
 class Tracker:
@@ -186,7 +198,11 @@ class Tracker:
         s = self.settings
         out: list[tuple[float, int, tuple[int, int]]] = []
         for ti, track in enumerate(tracks):
-            if not track.can_divide or track.recent_score < s.division_score:
+            if (
+                not track.can_divide
+                or track.merged
+                or track.recent_score < s.division_score
+            ):
                 continue
             reach = s.split_distance * track.radius
             near = [
@@ -253,9 +269,13 @@ class Tracker:
         track.vy = 0.5 * track.vy + 0.5 * (d.y - track.y) / steps
         track.vx = 0.5 * track.vx + 0.5 * (d.x - track.x) / steps
         track.y, track.x, track.last_frame = d.y, d.x, frame
-        track.radius = 0.7 * track.radius + 0.3 * d.radius
+        s = self.settings
+        grew = d.radius > s.merge_growth * track.radius
+        track.merged = grew and (track.merged or track.recent_score < s.division_score)
+        if not track.merged:
+            track.radius = 0.7 * track.radius + 0.3 * d.radius
         track.scores.append(d.score)
-        if d.score < self.settings.division_score:
+        if d.score < s.division_score:
             track.can_divide = True
 
     def _end(self, track: Track) -> None:
