@@ -25,6 +25,7 @@ from ._devices import (
 )
 from ._params import CultureParams
 from ._render import render_fluorescence, render_labels
+from ._run_truth import write_run_truth
 from ._sensor import SensorModel
 from ._simulate import SimulationSummary, run_simulation
 from ._world import ClockMode, Exposure, World
@@ -52,4 +53,5 @@ __all__ = [
     "render_labels",
     "run_simulation",
     "world_of",
+    "write_run_truth",
 ]
