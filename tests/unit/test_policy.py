@@ -111,6 +111,8 @@ def test_a_division_starts_the_hold_even_while_scores_are_high() -> None:
     (hold,) = loop.observe(result(0, 0.95, division=True, frame=3), None, 10.0)
     assert hold.action == "hold"
     assert hold.trigger is not None and hold.trigger["division"]["daughters"] == [7, 8]
+    # Later divisions in the same episode do not stretch the hold.
+    assert loop.observe(result(0, 0.9, division=True, frame=4), None, 20.0) == []
     assert loop.tick(39.0) == []
     assert [d.action for d in loop.tick(40.0)] == ["slow"]
 

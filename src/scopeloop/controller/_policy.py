@@ -117,6 +117,7 @@ class _Position:
     streak: int = 0
     fast_since_s: float = 0.0
     hold_until_s: float | None = None
+    held_for_division: bool = False
     divisions: int = 0
     modes: list[tuple[float, str]] = field(default_factory=list)
 
@@ -190,7 +191,7 @@ class EventDrivenPolicy:
                 state.streak = state.streak + 1 if score >= s.entry_score else 0
                 if state.streak >= s.confirm_frames:
                     state.mode, state.fast_since_s = Mode.FAST, now_s
-                    state.hold_until_s = None
+                    state.hold_until_s, state.held_for_division = None, False
                     state.streak = 0
                     state.modes.append((now_s, Mode.FAST.value))
                     out.append(
@@ -213,8 +214,11 @@ class EventDrivenPolicy:
                 return out
             if result.divisions:
                 state.divisions += len(result.divisions)
+                if state.held_for_division:
+                    return out  # the episode's division is confirmed already
                 d = result.divisions[0]
                 state.hold_until_s = now_s + s.hold_s
+                state.held_for_division = True
                 trigger = {
                     "frame_index": result.frame_index,
                     "division": {
@@ -292,6 +296,7 @@ class EventDrivenPolicy:
     @staticmethod
     def _slow_down(state: _Position, now_s: float) -> None:
         state.mode, state.hold_until_s, state.streak = Mode.SLOW, None, 0
+        state.held_for_division = False
         state.modes.append((now_s, Mode.SLOW.value))
 
 
