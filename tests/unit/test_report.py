@@ -1,11 +1,11 @@
-"""report.png from a run folder's tables (hand-made, see test_evaluate)."""
+"""report.png from a run folder's tables (hand-made, see test_evaluate_tables)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 import pytest
-from test_evaluate import frame_at, made_up_frames, make_run
+from test_evaluate_tables import frame_at, made_up_frames, make_run
 
 from scopeloop.evaluate import RunFolderError
 from scopeloop.report import write_report

@@ -227,8 +227,9 @@ def _culture_record(
     births = {d: div for div in culture.divisions for d in div.daughter_ids}
     divided = {div.mother_id: div for div in culture.divisions}
     phases = culture.phases()
+    row_of = {int(nid): i for i, nid in enumerate(culture.ids)}
     nuclei = [
-        _nucleus(nid, s, culture, phases, births, divided, end_s)
+        _nucleus(nid, s, culture, row_of.get(nid), phases, births, divided, end_s)
         for nid, s in sorted(seen.items())
     ]
     related = [
@@ -301,12 +302,13 @@ def _nucleus(
     nid: int,
     s: _Seen,
     culture: Culture,
+    i: int | None,
     phases: np.ndarray,
     births: Mapping[int, Division],
     divided: Mapping[int, Division],
     end_s: float,
 ) -> dict[str, Any]:
-    """What became of one nucleus by the end of the run."""
+    """What became of one nucleus by the end of the run (`i`: its row, if alive)."""
     born = births.get(nid)
     record: dict[str, Any] = {
         "id": nid,
@@ -316,8 +318,7 @@ def _nucleus(
         "first_seen_s": round(s.first_s, 3),
         "last_seen_s": round(s.last_s, 3),
     }
-    where = np.flatnonzero(culture.ids == nid)
-    if where.size == 0:  # divided: the mother is gone, its daughters live on
+    if i is None:  # divided: the mother is gone, its daughters live on
         d = divided.get(nid)
         record.update(
             dose_mj=round(s.dose_mj, 6),
@@ -331,7 +332,6 @@ def _nucleus(
             division_prevented=False,
         )
         return record
-    i = int(where[0])
     c = culture.cells
     arrested = bool(c["arrested"][i])
     dead_s = float(c["dead_s"][i])
