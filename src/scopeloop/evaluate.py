@@ -112,11 +112,14 @@ class SimClock:
     ) -> SimClock:
         """The least-squares line through (wall, sim) pairs.
 
-        With fewer than two distinct wall times the slope is `speedup`.
+        With fewer than two distinct wall times the slope is `speedup`; a
+        simulated clock that stood still gives slope 0.
         """
         w, s = np.asarray(wall_s, float), np.asarray(sim_s, float)
         if w.size == 0:
             return cls(0.0, speedup)
+        if np.ptp(s) == 0:  # a clock that did not move (Clock=Manual)
+            return cls(float(s[0]), 0.0)
         if np.ptp(w) > 0:
             slope, offset = np.polyfit(w, s, 1)
             return cls(float(offset), float(slope))
