@@ -118,9 +118,9 @@ class SimClock:
         w, s = np.asarray(wall_s, float), np.asarray(sim_s, float)
         if w.size == 0:
             return cls(0.0, speedup)
-        if np.ptp(s) == 0:  # a clock that did not move (Clock=Manual)
-            return cls(float(s[0]), 0.0)
         if np.ptp(w) > 0:
+            if np.ptp(s) == 0:  # a clock that did not move (Clock=Manual)
+                return cls(float(s[0]), 0.0)
             slope, offset = np.polyfit(w, s, 1)
             return cls(float(offset), float(slope))
         return cls(float(s[0] - speedup * w[0]), speedup)

@@ -217,6 +217,8 @@ def test_the_sim_clock_is_the_line_through_wall_and_sim_times() -> None:
     assert clock.sim(4.0) == pytest.approx(410.0)
     assert clock.wall(60.0) == pytest.approx(0.5)
     assert SimClock.fit([2.0], [50.0], speedup=5).sim(3.0) == pytest.approx(55.0)
+    still = SimClock.fit([1.0, 2.0], [50.0, 50.0], speedup=5)
+    assert (still.sim(3.0), still.wall(50.0)) == (50.0, 0.0)
 
 
 # -- a whole run ------------------------------------------------------------------
