@@ -308,9 +308,8 @@ def run(
             )
         return table
 
-    import scopeloop.sim
+    from scopeloop.sim import write_run_truth
 
-    finished = getattr(scopeloop.sim, "write_run_truth", None)
     live = Live(console=console, refresh_per_second=4, transient=True)
     live.start()
     summary = None
@@ -322,7 +321,7 @@ def run(
             out=out,
             worker=worker,
             on_tick=lambda status: live.update(render(status)),
-            on_finished=finished,
+            on_finished=write_run_truth,
         )
     except ScopeloopError as e:
         live.stop()
@@ -359,8 +358,51 @@ def run(
     if summary.rejected_messages:
         table.add_row("rejected messages", str(summary.rejected_messages))
     Console().print(table)
+    _report(Path(summary.folder))
     if summary.finish_reason == "cancelled":
         raise typer.Exit(code=130)
+
+
+def _report(folder: Path) -> None:
+    """Write report.png, and score the run if it has ground truth."""
+    from scopeloop.evaluate import RunFolderError, evaluate_run, format_evaluation
+    from scopeloop.report import write_report
+
+    try:
+        console.print(f"report: {write_report(folder)}", highlight=False)
+    except Exception as e:  # the run is on disk whatever the report does
+        console.print(f"[yellow]no report:[/] {e}", highlight=False)
+    if (folder / "ground_truth").is_dir():
+        try:
+            Console().print(format_evaluation(evaluate_run(folder)))
+        except (RunFolderError, ValueError) as e:
+            console.print(f"[yellow]not scored:[/] {e}", highlight=False)
+
+
+@app.command()
+def evaluate(
+    folder: Annotated[
+        Path,
+        typer.Argument(help="A run folder of a simulated rig (with ground_truth/)."),
+    ],
+    tolerance: Annotated[
+        int, typer.Option(min=0, help="Frames a detected division may be off by.")
+    ] = 2,
+    min_fast_frames: Annotated[
+        int,
+        typer.Option(min=1, help="Fast frames around anaphase to count as filmed."),
+    ] = 3,
+) -> None:
+    """Score a simulated run against its ground truth (writes evaluation.json)."""
+    from scopeloop.evaluate import RunFolderError, evaluate_run, format_evaluation
+
+    try:
+        result = evaluate_run(
+            folder, tolerance_frames=tolerance, min_fast_frames=min_fast_frames
+        )
+    except (RunFolderError, ScopeloopError) as e:
+        raise _fail(str(e)) from None
+    Console().print(format_evaluation(result))
 
 
 _ADDRESS = "tcp://127.0.0.1:5555"

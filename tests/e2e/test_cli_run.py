@@ -121,3 +121,26 @@ def test_missing_plan_exits_2_naming_the_file(tmp_path: Path) -> None:
 
     assert result.exit_code == 2
     assert "absent.yaml" in "".join(result.output.split())
+
+
+def test_run_writes_ground_truth_a_report_and_its_score(tmp_path: Path) -> None:
+    plan = write_plan(tmp_path, SMALL_PLAN)
+    out = tmp_path / "run"
+
+    result = run("--plan", str(plan), "--out", str(out), "--worker", "none")
+
+    assert result.exit_code == 0, result.output
+    output = flat(result.output)
+    assert f"report: {out / 'report.png'}" in output
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "ground_truth" / "divisions.csv").is_file()
+    assert "evaluation of" in output and "dose total (mJ) 0.48" in output
+    again = CliRunner().invoke(app, ["evaluate", str(out)])
+    assert again.exit_code == 0, again.output
+    assert (out / "evaluation.json").is_file()
+
+
+def test_evaluate_refuses_a_folder_without_ground_truth(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path)])
+    assert result.exit_code == 2
+    assert str(tmp_path) in flat(result.output)

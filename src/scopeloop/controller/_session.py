@@ -274,7 +274,7 @@ def run_session(
     out: Path | None = None,
     worker: str | None = None,
     on_tick: Callable[[RunStatus], None] | None = None,
-    on_finished: Callable[[Any, Path, list[dict[str, Any]]], None] | None = None,
+    on_finished: Callable[[Any, Path, list[dict[str, Any]]], object] | None = None,
 ) -> RunSummary:
     """Run `plan` on the rig of `config`; write everything into a new run folder.
 
@@ -345,7 +345,7 @@ def _run(
     ledger: FrameLedger,
     server: FrameServer | None,
     on_tick: Callable[[RunStatus], None] | None,
-    on_finished: Callable[[Any, Path, list[dict[str, Any]]], None] | None,
+    on_finished: Callable[[Any, Path, list[dict[str, Any]]], object] | None,
 ) -> RunSummary:
     record: dict[str, Any] = {
         "scopeloop": __version__,
