@@ -208,13 +208,15 @@ def labels_from_maps(
     fg_threshold: float = 0.5,
     seed_threshold: float = 0.5,
     smooth_px: float = 0.0,
+    orphan_fraction: float = 0.25,
 ) -> NDArray[np.int32]:
     """Seeded watershed of a normalised distance map inside the foreground.
 
     `foreground` is the probability of nucleus (Y, X), `distance` the
     distance to the border normalised to 1 at nucleus centres. Each connected
     core (``distance > seed_threshold``) seeds one nucleus; foreground
-    components without a core become a nucleus of their own. Holes in the
+    components without a core become a nucleus of their own when at least
+    `orphan_fraction` of the median seeded nucleus's area. Holes in the
     foreground (nucleoli) are filled; with `smooth_px` the distance map is
     smoothed by a gaussian first, which merges the several cores that a big
     textured nucleus may show. Returns int32 labels 1..n (0 = background), in
@@ -235,7 +237,17 @@ def labels_from_maps(
     orphans = mask & (labels == 0)
     if orphans.any():
         extra = np.asarray(ndi.label(orphans)[0], np.int32)
-        labels[orphans] = extra[orphans] + n
+        # Foreground without a core: a nucleus of its own only if about as
+        # big as the seeded ones (small ones are noise and halo fragments).
+        area = np.bincount(extra.ravel())
+        seeded = np.bincount(labels.ravel())[1:]
+        seeded = seeded[seeded > 0]
+        smallest = orphan_fraction * float(np.median(seeded)) if seeded.size else 0.0
+        keep = area >= smallest
+        keep[0] = False
+        lut = np.zeros(area.size, np.int32)
+        lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32) + n
+        labels[orphans] = lut[extra[orphans]]
     return labels
 
 
