@@ -196,3 +196,13 @@ def test_plan_refuses_power_above_the_budget_and_hysteresis_upside_down() -> Non
         make_plan(fast_power_mw=80)
     with pytest.raises(ValueError, match="exit_score"):
         make_plan(exit_score=0.9)
+
+
+def test_a_base_plan_can_say_it_images_fast() -> None:
+    plan = SessionPlan.model_validate(
+        {
+            "time": {"interval_s": 2, "frames": 3},
+            "policy": {"kind": "base", "mode": "fast"},
+        }
+    )
+    assert BasePolicy(plan).visit(0).mode is Mode.FAST

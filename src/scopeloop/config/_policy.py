@@ -57,6 +57,11 @@ class BasePolicySettings(_Model):
     """No adaptation: the base plan, as written."""
 
     kind: Literal["base"] = "base"
+    mode: Literal["slow", "fast"] = Field(
+        "slow",
+        description="Mode written for every frame (a plan imaging fast all the "
+        "time says 'fast', so that scoring counts its frames as fast).",
+    )
 
 
 class EventDrivenSettings(_Model):

@@ -94,7 +94,10 @@ class BasePolicy:
     adaptive = False
 
     def __init__(self, plan: SessionPlan) -> None:
-        self._visit = Visit(plan.time.interval_s, plan.illumination.laser_power_mw)
+        mode = Mode(plan.policy.mode) if plan.policy.kind == "base" else Mode.SLOW
+        self._visit = Visit(
+            plan.time.interval_s, plan.illumination.laser_power_mw, mode
+        )
 
     def observe(
         self, result: ResultMessage, frame_time_s: float | None, now_s: float
