@@ -8,7 +8,8 @@ Load it like any rig::
     core.loadSystemConfiguration("hardware_configs/demo.cfg")
 
 `world_of(core)` gives the simulated `World` (culture, clock, exposures) for
-ground truth.
+ground truth. `hardware_configs/replay.cfg` plays a recording back as a camera
+instead (`ReplayHub`, `ReplayCamera`; `replay_of(core)` gives the hub).
 """
 
 from scopeloop.hardware import default_config, load_core
@@ -25,6 +26,7 @@ from ._devices import (
 )
 from ._params import CultureParams
 from ._render import render_fluorescence, render_labels
+from ._replay import ReplayCamera, ReplayClock, ReplayHub, replay_of
 from ._run_truth import write_run_truth
 from ._sensor import SensorModel
 from ._simulate import SimulationSummary, run_simulation
@@ -38,6 +40,9 @@ __all__ = [
     "Exposure",
     "NucleiView",
     "Phase",
+    "ReplayCamera",
+    "ReplayClock",
+    "ReplayHub",
     "SensorModel",
     "SimCamera",
     "SimFocus",
@@ -51,6 +56,7 @@ __all__ = [
     "load_core",
     "render_fluorescence",
     "render_labels",
+    "replay_of",
     "run_simulation",
     "world_of",
     "write_run_truth",

@@ -61,7 +61,8 @@ class _Rig:
     """Shared state of the devices under one hub: the light path and the hub."""
 
     light: LightPath = field(default_factory=LightPath)
-    hub: SimHub | None = None
+    hub: HubDevice | None = None
+    """The hub: a `SimHub`, or another hub that shares the light path (replay)."""
 
 
 # Rigs by (core, hub label). Devices are built with no arguments and see only a
@@ -107,7 +108,7 @@ def world_of(core: Any, hub_label: str | None = None) -> World:
             f"expected one SimHub in the loaded configuration, found {len(labels)}"
         )
     hub = _rig(id(core.events.propertyChanged), labels[0]).hub
-    if hub is None:
+    if not isinstance(hub, SimHub):
         raise DeviceError(f"{labels[0]!r} is not a loaded, initialised SimHub")
     return hub.world
 
@@ -138,7 +139,7 @@ class _OnWorld:
     @property
     def world(self) -> World:
         hub = self.rig.hub
-        if hub is None:
+        if not isinstance(hub, SimHub):
             raise DeviceError(
                 f"device {self.get_label()!r}: its parent hub "  # type: ignore[attr-defined]
                 f"{self.get_parent_label()!r} is not a loaded, initialised SimHub"  # type: ignore[attr-defined]
