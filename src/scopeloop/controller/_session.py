@@ -134,6 +134,30 @@ def _check_rig(core: UniMMCore, plan: SessionPlan) -> None:
         )
 
 
+def _check_camera(core: UniMMCore) -> None:
+    """The camera must say what frames it makes (a replay rig without one cannot)."""
+    try:
+        core.getImageWidth()
+        core.getImageHeight()
+    except Exception as e:
+        raise ConfigError(f"the camera cannot acquire: {e}") from None
+
+
+def _rig_record(core: UniMMCore) -> dict[str, Any]:
+    """Devices that replay a recording (a `Recording` property): what they replay."""
+    record: dict[str, Any] = {}
+    for label in core.getLoadedDevices():
+        if label != "Core" and core.hasProperty(label, "Recording"):
+            record[label] = {
+                "description": core.getDeviceDescription(label).strip(),
+                "properties": {
+                    name: core.getProperty(label, name)
+                    for name in core.getDevicePropertyNames(label)
+                },
+            }
+    return record
+
+
 def _apply_properties(core: UniMMCore, plan: SessionPlan) -> None:
     """Set the plan's device properties; a value the rig refuses is a ConfigError."""
     for setting in plan.properties:
@@ -310,6 +334,7 @@ def run_session(
     try:
         _check_rig(core, plan)
         _apply_properties(core, plan)
+        _check_camera(core)
         # Listen before making the run folder: a taken address leaves nothing.
         ledger = FrameLedger()
         server = (
@@ -355,6 +380,8 @@ def _run(
         "config": {"path": str(config.resolve()), "sha256": file_sha256(config)},
         "versions": package_versions(),
     }
+    if rig := _rig_record(core):
+        record["replay"] = rig
     write_json(folder / "run.json", record)
     sites = _sites(core, plan)
     record["positions"] = [asdict(s) for s in sites]
