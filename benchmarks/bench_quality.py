@@ -165,7 +165,7 @@ class Settings:
             division_seeds=(1,),
             division_frames=16,
             division_size=256,
-            gowt1_frames=(14, 24),
+            gowt1_frames=(15, 23),
         )
 
 
@@ -236,8 +236,12 @@ class NoiseModel:
         return out
 
     def inverse(self, z: Array) -> NDArray[np.float64]:
-        """Closed-form approximation of the exact unbiased inverse (Makitalo & Foi)."""
-        z = np.maximum(np.asarray(z, np.float64), 1e-3)
+        """Closed-form approximation of the exact unbiased inverse (Makitalo & Foi).
+
+        z is clipped below at sqrt(3/2), where the formula gives u = 0 (it
+        diverges towards z = 0).
+        """
+        z = np.maximum(np.asarray(z, np.float64), np.sqrt(1.5))
         s = np.sqrt(1.5)
         u = 0.25 * z**2 + 0.25 * s / z - 1.375 / z**2 + 0.625 * s / z**3 - 0.125
         out: NDArray[np.float64] = self.slope * u - self.intercept / self.slope
