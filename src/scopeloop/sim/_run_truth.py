@@ -36,6 +36,7 @@ from ._truth import (
     AcquiredFrame,
     _write_csv,
     division_rows,
+    frame_row,
     write_ground_truth,
 )
 
@@ -108,17 +109,8 @@ def write_run_truth(
         RUN_FRAME_COLUMNS,
         [
             {
+                **frame_row(f),
                 "index": int(row["index"]),
-                "frame": f.frame,
-                "position": f.position,
-                "z": f.z,
-                "sim_time_s": round(f.exposure.time_s, 3),
-                "stage_x_um": f.exposure.stage_x_um,
-                "stage_y_um": f.exposure.stage_y_um,
-                "focus_um": f.exposure.focus_um,
-                "exposure_ms": f.exposure.exposure_ms,
-                "laser_power_mw": f.exposure.laser_power_mw,
-                "dose_mj": round(f.exposure.dose_mj, 6),
                 "time_s": row.get("time_s", ""),
             }
             for f, row in zip(frames, rows, strict=True)

@@ -138,6 +138,23 @@ def _write_csv(
         writer.writerows(rows)
 
 
+def frame_row(f: AcquiredFrame) -> dict[str, object]:
+    """One row of ground_truth/frames.csv: where, when and with what light."""
+    return {
+        "index": f.exposure.index,
+        "frame": f.frame,
+        "position": f.position,
+        "z": f.z,
+        "sim_time_s": round(f.exposure.time_s, 3),
+        "stage_x_um": f.exposure.stage_x_um,
+        "stage_y_um": f.exposure.stage_y_um,
+        "focus_um": f.exposure.focus_um,
+        "exposure_ms": f.exposure.exposure_ms,
+        "laser_power_mw": f.exposure.laser_power_mw,
+        "dose_mj": round(f.exposure.dose_mj, 6),
+    }
+
+
 def write_ground_truth(
     folder: Path,
     frames: Sequence[AcquiredFrame],
@@ -154,22 +171,7 @@ def write_ground_truth(
     _write_csv(
         folder / "frames.csv",
         FRAME_COLUMNS,
-        [
-            {
-                "index": f.exposure.index,
-                "frame": f.frame,
-                "position": f.position,
-                "z": f.z,
-                "sim_time_s": round(f.exposure.time_s, 3),
-                "stage_x_um": f.exposure.stage_x_um,
-                "stage_y_um": f.exposure.stage_y_um,
-                "focus_um": f.exposure.focus_um,
-                "exposure_ms": f.exposure.exposure_ms,
-                "laser_power_mw": f.exposure.laser_power_mw,
-                "dose_mj": round(f.exposure.dose_mj, 6),
-            }
-            for f in frames
-        ],
+        [frame_row(f) for f in frames],
     )
     nuclei_rows: list[dict[str, object]] = []
     labels: dict[int, list[np.ndarray]] = {}
