@@ -23,7 +23,14 @@ class OutputFormat(StrEnum):
 
 
 class SimulationOptions(BaseModel):
-    """A time-lapse acquired on the simulated rig, with ground truth."""
+    """A time-lapse acquired on the simulated rig, with ground truth.
+
+    On a replay rig (a configuration with a `ReplayHub`) the frames come from
+    a recording and there is no ground truth. There, `positions`,
+    `interval_s`, `laser_power_mw` and `exposure_ms` left unset default to the
+    recording's (all its positions, its frame interval, the recorded power,
+    the recorded exposure when the hub knows it).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -33,6 +40,11 @@ class SimulationOptions(BaseModel):
     )
     config: Path | None = Field(
         None, description="Micro-Manager configuration; default: the bundled demo.cfg."
+    )
+    recording: Path | None = Field(
+        None,
+        description="Recording to replay: sets the ReplayHub's Recording property "
+        "(the configuration must load a ReplayHub).",
     )
     frames: int = Field(36, ge=1, le=100_000, description="Number of time points.")
     interval_s: float = Field(
