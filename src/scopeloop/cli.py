@@ -54,6 +54,7 @@ def _main(
 _FLAGS = {
     "out": "--out",
     "config": "--config",
+    "recording": "--recording",
     "frames": "--frames",
     "interval_s": "--interval",
     "positions": "--positions",
@@ -82,22 +83,56 @@ def simulate(
         Path | None,
         typer.Option(
             help="Micro-Manager configuration of a simulated rig "
-            "(default: hardware_configs/demo.cfg)."
+            "(default: hardware_configs/demo.cfg), or of a replay rig "
+            "(hardware_configs/replay.cfg)."
+        ),
+    ] = None,
+    recording: Annotated[
+        Path | None,
+        typer.Option(
+            help="Recording to replay (TIFF/OME-TIFF, OME-Zarr or a run folder); "
+            "needs a replay configuration (--config hardware_configs/replay.cfg)."
         ),
     ] = None,
     frames: Annotated[int, typer.Option(help="Number of time points.")] = 36,
     interval: Annotated[
-        float, typer.Option("--interval", help="Simulated seconds between time points.")
-    ] = 600.0,
+        float | None,
+        typer.Option(
+            "--interval",
+            help="Simulated seconds between time points [default: 600; "
+            "replay: the recording's frame interval].",
+            show_default=False,
+        ),
+    ] = None,
     positions: Annotated[
-        int, typer.Option(help="Number of stage positions (a grid over the slide).")
-    ] = 2,
+        int | None,
+        typer.Option(
+            help="Number of stage positions (a grid over the slide) [default: 2; "
+            "replay: the recording's positions].",
+            show_default=False,
+        ),
+    ] = None,
     z_planes: Annotated[
         int, typer.Option(help="Planes per z-stack (1: no stack).")
     ] = 1,
     z_step: Annotated[float, typer.Option(help="Step between planes, um.")] = 1.0,
-    exposure: Annotated[float, typer.Option("--exposure", help="Exposure, ms.")] = 50.0,
-    power: Annotated[float, typer.Option("--power", help="Laser power, mW.")] = 2.0,
+    exposure: Annotated[
+        float | None,
+        typer.Option(
+            "--exposure",
+            help="Exposure, ms [default: 50; replay: the recorded exposure if set].",
+            show_default=False,
+        ),
+    ] = None,
+    power: Annotated[
+        float | None,
+        typer.Option(
+            "--power",
+            help="Laser power, mW [default: 2; replay: the recorded power; below "
+            "it the recorded photons are thinned].",
+            show_default=False,
+        ),
+    ] = None,
     speedup: Annotated[
         float, typer.Option(help="Simulated seconds per wall-clock second.")
     ] = 3600.0,
@@ -108,24 +143,34 @@ def simulate(
         str, typer.Option("--format", help="ome-tiff or ome-zarr.")
     ] = "ome-tiff",
 ) -> None:
-    """Acquire a simulated time-lapse through the MDA runner, with ground truth."""
+    """Acquire a simulated time-lapse through the MDA runner, with ground truth.
+
+    On a replay rig (--config hardware_configs/replay.cfg --recording PATH) the
+    frames are the recording's, served deterministically, with no ground truth.
+    """
     from scopeloop.config import SimulationOptions
     from scopeloop.sim import run_simulation
 
+    # Options not given stay unset: on a replay rig they default to the
+    # recording's own values.
+    given = {
+        "interval_s": interval,
+        "positions": positions,
+        "exposure_ms": exposure,
+        "laser_power_mw": power,
+        "recording": recording,
+    }
     try:
         options = SimulationOptions(
             out=out,
             config=config,
             frames=frames,
-            interval_s=interval,
-            positions=positions,
             z_planes=z_planes,
             z_step_um=z_step,
-            exposure_ms=exposure,
-            laser_power_mw=power,
             speedup=speedup,
             seed=seed,
             output_format=output_format,
+            **{k: v for k, v in given.items() if v is not None},
         )
     except ValidationError as e:
         raise _fail(
@@ -144,12 +189,12 @@ def simulate(
         console=console,
         transient=False,
     )
-    task = progress.add_task("frames", total=frames * positions * z_planes)
+    task = progress.add_task("frames", total=None)
 
-    def on_frame(done: int, _total: int) -> None:
+    def on_frame(done: int, total: int) -> None:
         if not progress.live.is_started:
             progress.start()
-        progress.update(task, completed=done)
+        progress.update(task, completed=done, total=total)
 
     try:
         summary = run_simulation(options, on_frame=on_frame)
@@ -162,6 +207,28 @@ def simulate(
     finally:
         progress.stop()
 
+    if summary.recording is not None:
+        table = Table(title=f"replayed acquisition -> {out}", show_header=False)
+        table.add_row("recording", summary.recording)
+        table.add_row("frames", f"{summary.frames} / {summary.frames_planned}")
+        table.add_row("positions", str(summary.positions))
+        table.add_row(
+            "replay time",
+            f"{summary.sim_time_h * 3600:.1f} s in {summary.wall_time_s:.1f} s",
+        )
+        light = summary.light or 0.0
+        table.add_row(
+            "light",
+            f"{light:.3g} x the recording's ("
+            + ("photons thinned" if light < 1 else "frames as recorded")
+            + ")",
+        )
+        table.add_row("dose delivered", f"{summary.delivered_dose_mj:.3f} mJ")
+        table.add_row("raw stream", summary.raw)
+        table.add_row("frames served", "replay_frames.csv")
+        table.add_row("ground truth", "none (a recording has none)")
+        Console().print(table)
+        return
     table = Table(title=f"simulated acquisition -> {out}", show_header=False)
     table.add_row("frames", f"{summary.frames} / {summary.frames_planned}")
     table.add_row("positions", str(summary.positions))
