@@ -513,27 +513,34 @@ def _load_pipeline(
         )
 
 
+# Options that `worker` and `analyze` share.
+_Device = Annotated[
+    str, typer.Option(help="Where the networks run: auto, cpu, cuda, cuda:N.")
+]
+_Denoiser = Annotated[Path | None, _model_option("Denoiser")]
+_NoDenoise = Annotated[bool, typer.Option("--no-denoise", help="Label the raw frames.")]
+_Labels = Annotated[Path | None, _model_option("Nucleus label")]
+_Mitosis = Annotated[Path | None, _model_option("Mitosis score")]
+_Threads = Annotated[int | None, _threads_option()]
+
+
 @app.command()
 def worker(
     address: Annotated[
         str, typer.Option(help="The controller's stream address.")
     ] = _ADDRESS,
-    device: Annotated[
-        str, typer.Option(help="Where the networks run: auto, cpu, cuda, cuda:N.")
-    ] = "auto",
+    device: _Device = "auto",
     credits: Annotated[
         int, typer.Option(min=1, max=64, help="Frames taken before answering.")
     ] = 2,
     batch: Annotated[
         int, typer.Option(min=1, max=64, help="Most frames analysed together.")
     ] = 4,
-    denoiser: Annotated[Path | None, _model_option("Denoiser")] = None,
-    no_denoise: Annotated[
-        bool, typer.Option("--no-denoise", help="Label the raw frames.")
-    ] = False,
-    labels: Annotated[Path | None, _model_option("Nucleus label")] = None,
-    mitosis: Annotated[Path | None, _model_option("Mitosis score")] = None,
-    threads: Annotated[int | None, _threads_option()] = None,
+    denoiser: _Denoiser = None,
+    no_denoise: _NoDenoise = False,
+    labels: _Labels = None,
+    mitosis: _Mitosis = None,
+    threads: _Threads = None,
     send_images: Annotated[
         bool,
         typer.Option(help="Send restored frames and labels back (else tables only)."),
@@ -615,19 +622,15 @@ def analyze(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output folder (new or empty).")
     ],
-    device: Annotated[
-        str, typer.Option(help="Where the networks run: auto, cpu, cuda, cuda:N.")
-    ] = "auto",
+    device: _Device = "auto",
     batch: Annotated[
         int, typer.Option(min=1, max=64, help="Frames analysed together.")
     ] = 4,
-    denoiser: Annotated[Path | None, _model_option("Denoiser")] = None,
-    no_denoise: Annotated[
-        bool, typer.Option("--no-denoise", help="Label the raw frames.")
-    ] = False,
-    labels: Annotated[Path | None, _model_option("Nucleus label")] = None,
-    mitosis: Annotated[Path | None, _model_option("Mitosis score")] = None,
-    threads: Annotated[int | None, _threads_option()] = None,
+    denoiser: _Denoiser = None,
+    no_denoise: _NoDenoise = False,
+    labels: _Labels = None,
+    mitosis: _Mitosis = None,
+    threads: _Threads = None,
 ) -> None:
     """Run the worker's pipeline on a recording: restored, labels, nuclei, divisions."""
     from scopeloop.worker import analyze_recording
