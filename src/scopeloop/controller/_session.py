@@ -143,6 +143,32 @@ def _check_camera(core: UniMMCore) -> None:
         raise ConfigError(f"the camera cannot acquire: {e}") from None
 
 
+def _check_positions(core: UniMMCore, plan: SessionPlan) -> None:
+    """Visit every stage position once, without light, before the run.
+
+    A position the stage refuses (beyond its travel, or away from every
+    position of a replayed recording) is a ConfigError naming it, before any
+    frame; the stage goes back where it was.
+    """
+    positions = plan.stage_positions()
+    if not positions or not core.getXYStageDevice():
+        return
+    start = core.getXYPosition()
+    try:
+        for p in positions:
+            try:
+                core.setXYPosition(p.x_um, p.y_um)
+                core.waitForDevice(core.getXYStageDevice())
+            except Exception as e:
+                raise ConfigError(
+                    f"plan: position {p.name!r} at ({p.x_um:g}, {p.y_um:g}) um: "
+                    f"the stage refuses it: {e}"
+                ) from None
+    finally:
+        with contextlib.suppress(Exception):
+            core.setXYPosition(*start)
+
+
 def _rig_record(core: UniMMCore) -> dict[str, Any]:
     """Devices that replay a recording (a `Recording` property): what they replay."""
     record: dict[str, Any] = {}
@@ -335,6 +361,7 @@ def run_session(
         _check_rig(core, plan)
         _apply_properties(core, plan)
         _check_camera(core)
+        _check_positions(core, plan)
         # Listen before making the run folder: a taken address leaves nothing.
         ledger = FrameLedger()
         server = (
