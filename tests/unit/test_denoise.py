@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,10 +15,10 @@ from scopeloop.models._denoise import (
     DenoiseNet,
     Denoiser,
     DenoiserConfig,
-    _fold_batchnorm,
     n2v_mask,
     train_denoiser,
 )
+from scopeloop.models._model import fold_batchnorm
 from scopeloop.models._weights import file_sha256, save_model_file, shipped_model_path
 
 if TYPE_CHECKING:
@@ -181,7 +182,7 @@ def test_folded_batchnorm_gives_the_same_output() -> None:
             net(torch.randn(4, 1, 32, 32) * 2 + 1)
     net.eval()
     x = torch.randn(2, 1, 32, 32)
-    folded = _fold_batchnorm(net)
+    folded = fold_batchnorm(copy.deepcopy(net))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     with torch.no_grad():
         torch.testing.assert_close(folded(x), net(x), rtol=1e-4, atol=1e-5)

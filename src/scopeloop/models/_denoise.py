@@ -27,7 +27,7 @@ import copy
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 import torch
@@ -36,17 +36,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from scopeloop.errors import ConfigError
+from scopeloop.models._model import TorchModel
 from scopeloop.models._unet import UNet, pad_to_multiple
-from scopeloop.models._weights import (
-    load_model_file,
-    save_model_file,
-    shipped_model_path,
-)
+from scopeloop.models._weights import shipped_model_path
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from numpy.typing import NDArray
+
+    from scopeloop.models._weights import ModelFile
 
 __all__ = [
     "DenoiseNet",
@@ -121,40 +120,6 @@ class DenoiseNet(nn.Module):
         return out
 
 
-def _fold_batchnorm(module: nn.Module) -> nn.Module:
-    """Fold every Conv2d -> BatchNorm2d pair of a Sequential into one Conv2d.
-
-    Works on a copy in eval mode; a module without batch norm comes back as is.
-    """
-    module = copy.deepcopy(module).eval()
-    for seq in module.modules():
-        if not isinstance(seq, nn.Sequential):
-            continue
-        for i in range(len(seq) - 1):
-            conv, bn = seq[i], seq[i + 1]
-            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)):
-                continue
-            assert bn.running_var is not None and bn.running_mean is not None
-            scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
-            bias = conv.bias.detach() if conv.bias is not None else 0.0
-            fused = nn.Conv2d(
-                conv.in_channels,
-                conv.out_channels,
-                conv.kernel_size,  # type: ignore[arg-type]
-                stride=conv.stride,  # type: ignore[arg-type]
-                padding=conv.padding,  # type: ignore[arg-type]
-                bias=True,
-            )
-            with torch.no_grad():
-                fused.weight.copy_(conv.weight * scale[:, None, None, None])
-                fused.bias.copy_(  # type: ignore[union-attr]
-                    (bias - bn.running_mean) * scale + bn.bias.detach()
-                )
-            seq[i] = fused
-            seq[i + 1] = nn.Identity()
-    return module
-
-
 def _check_frames(frames: Any) -> NDArray[Any]:
     """Validate frames for the denoiser; returns them as an array (2-D or 3-D)."""
     arr = np.asarray(frames)
@@ -180,7 +145,7 @@ def _normalise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     return (x - mean) / std, mean, std
 
 
-class Denoiser:
+class Denoiser(TorchModel[DenoiserConfig]):
     """A trained denoiser: frames in, restored frames out on the same grey scale.
 
     Build one with `Denoiser.load` (a model file, by default the shipped one) or
@@ -200,31 +165,25 @@ class Denoiser:
         meta: dict[str, Any] | None = None,
         batch_size: int = 8,
     ) -> None:
-        self.config = config
-        self.net = net.cpu().eval()
-        self.device = torch.device(device)
-        self.path = path
-        self.sha256 = sha256
-        self.meta: dict[str, Any] = dict(meta or {})
+        super().__init__(
+            net.cpu(), config, sha256=sha256, path=path, meta=meta, device=device
+        )
         self.batch_size = batch_size
-        inference = _fold_batchnorm(self.net) if config.norm else copy.deepcopy(net)
-        inference.to(self.device)
-        inference.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self._inference = inference.eval()
-        for p in self._inference.parameters():
-            p.requires_grad_(False)
+
+    @property
+    def net(self) -> DenoiseNet:
+        """The trained network (on the CPU), which `save` writes."""
+        net: DenoiseNet = self._train_net  # type: ignore[assignment]
+        return net
 
     @classmethod
-    def load(
-        cls, path: Path | None = None, device: str | torch.device = "cpu"
-    ) -> Denoiser:
-        """Read a model file of kind 'denoiser' (None: the shipped weights).
+    def _from_file(cls, model: ModelFile, device: str | torch.device) -> Self:
+        """Rebuild from a read file.
 
-        Raises `ConfigError` naming the file when it is missing, of another
-        kind, or its configuration or weights do not fit this denoiser.
+        Raises `ConfigError` naming the file when its configuration or
+        weights do not fit this denoiser.
         """
-        path = shipped_model_path(cls.kind) if path is None else Path(path)
-        model = load_model_file(path, cls.kind)
+        path = model.path
         try:
             config = DenoiserConfig.model_validate(model.config)
         except ValidationError as exc:
@@ -245,16 +204,18 @@ class Denoiser:
             config, net, device=device, path=path, sha256=model.sha256, meta=model.meta
         )
 
+    def _config_dict(self) -> dict[str, Any]:
+        return self.config.model_dump()
+
     def save(self, path: Path, meta: dict[str, Any] | None = None) -> str:
-        """Write a model file (kind 'denoiser'); returns and keeps its sha256."""
-        path = Path(path)
+        """Write a model file (kind 'denoiser'); returns and keeps its sha256.
+
+        `meta` is added to (and kept in) the denoiser's own `meta`.
+        """
         merged = {**self.meta, **(meta or {})}
-        self.sha256 = save_model_file(
-            path, self.kind, self.config.model_dump(), self.net, merged
-        )
-        self.path = path
+        sha = super().save(path, merged)
         self.meta = merged
-        return self.sha256
+        return sha
 
     def __call__(self, frames: NDArray[Any]) -> NDArray[np.float32]:
         """Denoise (Y, X) or (B, Y, X) frames of any real dtype.
@@ -279,7 +240,7 @@ class Denoiser:
         x, mean, std = _normalise(x)
         x, (h, w) = pad_to_multiple(x, self.config.multiple)
         x = x.contiguous(memory_format=torch.channels_last)
-        y = self._inference(x)[..., :h, :w]
+        y = self._net(x)[..., :h, :w]
         y = y * std + mean
         result: NDArray[np.float32] = y[:, 0].float().cpu().numpy()
         return result

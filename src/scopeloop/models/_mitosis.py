@@ -33,14 +33,16 @@ from scopeloop.models._data import random_clip
 from scopeloop.models._denoise import Denoiser
 from scopeloop.models._labels import (
     RESTORED_P,
-    fold_batchnorm,
+    TRAINING_INPUTS,
     restore_clips,
     training_frames,
 )
-from scopeloop.models._weights import (
-    load_model_file,
-    save_model_file,
-    shipped_model_path,
+from scopeloop.models._model import (
+    TorchModel,
+    conv_bn_relu,
+    fit,
+    start_training,
+    training_meta,
 )
 
 if TYPE_CHECKING:
@@ -337,14 +339,6 @@ def nucleus_context(
     return torch.from_numpy(np.stack([rel_area, rel_bright], 1).astype(np.float32))
 
 
-def _conv(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
-
-
 class _ScoreNet(nn.Module):
     """A small CNN: (N, window + 1, S, S) crop stacks -> (N,) logits."""
 
@@ -353,7 +347,7 @@ class _ScoreNet(nn.Module):
         layers: list[nn.Module] = []
         cin = config.window + 1
         for i, w in enumerate(config.widths):
-            layers.append(_conv(cin, w))
+            layers.append(conv_bn_relu(cin, w))
             if i < len(config.widths) - 1:
                 layers.append(nn.MaxPool2d(2))
             cin = w
@@ -369,7 +363,7 @@ class _ScoreNet(nn.Module):
         return out
 
 
-class MitosisScorer:
+class MitosisScorer(TorchModel[ScorerConfig]):
     """P(mitosis) of every nucleus of a frame, from the last few frames.
 
     ``scorer(history, labels)`` with `history` the last images (oldest
@@ -378,6 +372,9 @@ class MitosisScorer:
     """
 
     kind = "mitosis"
+
+    config_type = ScorerConfig
+    net_type = _ScoreNet
 
     def __init__(
         self,
@@ -389,54 +386,13 @@ class MitosisScorer:
         meta: dict[str, Any] | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
-        self.config = config
+        super().__init__(
+            net, config, sha256=sha256, path=path, meta=meta, device=device
+        )
         self.window = config.window
-        self.sha256 = sha256
-        self.path = path
-        self.meta = dict(meta or {})
-        self.device = torch.device(device)
-        self._train_net = net.eval()
-        copy = _ScoreNet(config)
-        copy.load_state_dict(net.state_dict())
-        self._net = fold_batchnorm(copy.eval()).to(self.device)
-        self._net = self._net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
-    @classmethod
-    def load(
-        cls, path: Path | None = None, device: str | torch.device = "cpu"
-    ) -> MitosisScorer:
-        """Read a mitosis model file (None: the shipped weights).
-
-        Raises `ConfigError` naming the file when it is missing or not a
-        mitosis model.
-        """
-        path = Path(path) if path is not None else shipped_model_path(cls.kind)
-        model = load_model_file(path, cls.kind)
-        raw = dict(model.config)
-        raw["widths"] = tuple(raw.get("widths", ScorerConfig.widths))
-        config = ScorerConfig(**raw)
-        net = _ScoreNet(config)
-        net.load_state_dict(model.state_dict)
-        return cls(
-            net,
-            config,
-            sha256=model.sha256,
-            path=model.path,
-            meta=model.meta,
-            device=device,
-        )
-
-    def save(self, path: Path, meta: dict[str, Any] | None = None) -> str:
-        """Write the model to `path`; returns the file's sha256."""
-        self.sha256 = save_model_file(
-            Path(path),
-            self.kind,
-            self.config.as_dict(),
-            self._train_net,
-            meta if meta is not None else self.meta,
-        )
-        self.path = Path(path)
-        return self.sha256
+    def _config_dict(self) -> dict[str, Any]:
+        return self.config.as_dict()
 
     def crops(
         self, history: Sequence[NDArray[Any]], labels: NDArray[np.integer[Any]]
@@ -562,13 +518,8 @@ def train_scorer(
     default the shipped `Denoiser`; ``restored_p=0`` for none), as the worker
     sees them. `progress(step, loss)` is called every 50 steps.
     """
-    if not clips:
-        raise ValueError("train_scorer needs at least one clip")
-    if not 0.0 <= restored_p < 1.0:
-        raise ValueError(f"restored_p must be in [0, 1), got {restored_p}")
+    rng = start_training("train_scorer", clips, restored_p, seed)
     config = config or ScorerConfig()
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     restored: list[NDArray[np.float32] | None] = [None] * len(clips)
     if restored_p > 0:
         restored = list(restore_clips(clips, restore, device))
@@ -586,11 +537,9 @@ def train_scorer(
         raise ValueError("train_scorer needs mitotic and non-mitotic nuclei")
     dev = torch.device(device)
     net = _ScoreNet(config).to(dev)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     k = config.window
-    net.train()
-    for step in range(steps):
+
+    def batch_loss(step: int) -> torch.Tensor:
         half = batch_size // 2
         idx = np.concatenate(
             [rng.choice(pos, half), rng.choice(neg, batch_size - half)]
@@ -605,14 +554,10 @@ def train_scorer(
             x = torch.flip(x, dims=(3,))
         context = c_all[torch.from_numpy(idx)]
         logits = net(x.to(dev), context.to(dev))
-        loss = F.binary_cross_entropy_with_logits(logits, y.to(dev))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        opt.step()
-        sched.step()
-        if progress is not None and (step % 50 == 0 or step == steps - 1):
-            progress(step, loss.item())
-    net.eval()
+        loss: torch.Tensor = F.binary_cross_entropy_with_logits(logits, y.to(dev))
+        return loss
+
+    fit(net, batch_loss, steps=steps, lr=lr, progress=progress)
     return MitosisScorer(net.cpu(), config, device=device)
 
 
@@ -667,20 +612,16 @@ def train_shipped_scorer(
         progress=progress,
         restore=denoiser,
     )
-    meta = {
-        "made_by": "scopeloop.models._mitosis.train_shipped_scorer",
-        "data": f"{n_clips} random_clip (160x160, 6 frames, fast_cycle), "
+    meta = training_meta(
+        started,
+        made_by="scopeloop.models._mitosis.train_shipped_scorer",
+        data=f"{n_clips} random_clip (160x160, 6 frames, fast_cycle), "
         "half at intervals of 30 s to 15 min",
-        "inputs": "shipped denoiser's output (1/3) / noisy / clean+noise / "
-        "smoothed noisy, some quantised",
-        "denoiser": denoiser.sha256,
-        "labels": "ground truth; positive = prophase..telophase",
-        "steps": steps,
-        "batch_size": batch_size,
-        "seed": seed,
-        "torch": str(torch.__version__),
-        "threads": torch.get_num_threads(),
-        "train_s": round(time.perf_counter() - started, 1),
-        "date": time.strftime("%Y-%m-%d"),
-    }
+        inputs=TRAINING_INPUTS,
+        denoiser=denoiser.sha256,
+        labels="ground truth; positive = prophase..telophase",
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
+    )
     return scorer.save(Path(out), meta)
