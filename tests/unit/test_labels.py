@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage as ndi
 
 from scopeloop.errors import ConfigError
-from scopeloop.models._data import random_clip, simulate_clip
+from scopeloop.models._data import random_clip
 from scopeloop.models._denoise import Denoiser
 from scopeloop.models._labels import (
     Segmenter,
@@ -23,10 +23,12 @@ from scopeloop.models._labels import (
     training_frames,
 )
 from scopeloop.models._weights import save_model_file
-from scopeloop.sim import CultureParams, SensorModel
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
+
+    from scopeloop.models._data import SimClip
 
 torch.set_num_threads(1)
 
@@ -138,24 +140,13 @@ def test_training_frames_draw_the_restored_frames_a_third_of_the_time() -> None:
 
 
 def test_shipped_segmenter_holds_on_the_shipped_denoisers_output(
-    shipped: Segmenter,
+    shipped: Segmenter, realistic_clip: Callable[[int], SimClip]
 ) -> None:
     # What the worker labels: realistic frames (1 mW x 50 ms, 0.5 um pixels)
     # restored by the shipped denoiser. Measured: AP 0.90 restored (0.48 with
     # the weights trained without restored inputs, which split the dark halos
     # into objects), 0.93 raw; 14 objects for 15 nuclei.
-    params = CultureParams(seed=0, cycle_h=4.0, slide_width_um=600, slide_height_um=600)
-    clip = simulate_clip(
-        params,
-        SensorModel(),
-        shape=(256, 256),
-        frames=2,
-        interval_s=180,
-        start_s=3600,
-        pixel_um=0.5,
-        laser_power_mw=1.0,
-        exposure_ms=50,
-    )
+    clip = realistic_clip(2)
     restored = Denoiser.load()(clip.noisy)
 
     ap_restored = [

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from scopeloop.errors import ConfigError
-from scopeloop.models._data import random_clip, simulate_clip
+from scopeloop.models._data import random_clip
 from scopeloop.models._denoise import Denoiser
 from scopeloop.models._mitosis import (
     MITOTIC_PHASES,
@@ -20,10 +20,12 @@ from scopeloop.models._mitosis import (
     roc_auc,
     train_scorer,
 )
-from scopeloop.sim import CultureParams, SensorModel
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
+
+    from scopeloop.models._data import SimClip
 
 torch.set_num_threads(1)
 
@@ -134,24 +136,13 @@ def test_shipped_scorer_separates_mitotic_from_interphase(
 
 
 def test_shipped_scorer_holds_on_the_shipped_denoisers_output(
-    shipped: MitosisScorer,
+    shipped: MitosisScorer, realistic_clip: Callable[[int], SimClip]
 ) -> None:
     # What the worker scores: realistic frames restored by the shipped
     # denoiser, ground-truth labels. Measured on frames 2..11 (161 nuclei, 59
     # mitotic): AUC 0.998, mean score 0.69 higher for mitotic nuclei, no
     # interphase nucleus above 0.5.
-    params = CultureParams(seed=0, cycle_h=4.0, slide_width_um=600, slide_height_um=600)
-    clip = simulate_clip(
-        params,
-        SensorModel(),
-        shape=(256, 256),
-        frames=12,
-        interval_s=180,
-        start_s=3600,
-        pixel_um=0.5,
-        laser_power_mw=1.0,
-        exposure_ms=50,
-    )
+    clip = realistic_clip(12)
     restored = Denoiser.load()(clip.noisy)
     s, mitotic = [], []
     for t in range(2, len(clip)):
