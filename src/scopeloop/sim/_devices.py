@@ -19,7 +19,7 @@ import dataclasses
 import threading
 from dataclasses import dataclass, field
 from functools import cache
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeVar
 
 import numpy as np
 from pydantic import TypeAdapter, ValidationError
@@ -54,6 +54,8 @@ __all__ = [
     "SimXYStage",
     "world_of",
 ]
+
+_H = TypeVar("_H", bound=HubDevice)
 
 
 @dataclass(slots=True)
@@ -91,6 +93,31 @@ def labels_of(core: Any, cls: type) -> list[str]:
     ]
 
 
+def hub_of(core: Any, cls: type[_H], hub_label: str | None = None) -> _H:
+    """The loaded, initialised hub of class `cls` (SimHub, ReplayHub) of `core`.
+
+    Parameters
+    ----------
+    core
+        A `UniMMCore` that loaded a hub of class `cls`.
+    cls
+        The hub's class.
+    hub_label
+        The hub's label; may be omitted when only one such hub is loaded.
+
+    """
+    name = cls.__name__
+    labels = [hub_label] if hub_label else labels_of(core, cls)
+    if len(labels) != 1:
+        raise DeviceError(
+            f"expected one {name} in the loaded configuration, found {len(labels)}"
+        )
+    hub = _rig(id(core.events.propertyChanged), labels[0]).hub
+    if not isinstance(hub, cls):
+        raise DeviceError(f"{labels[0]!r} is not a loaded, initialised {name}")
+    return hub
+
+
 def world_of(core: Any, hub_label: str | None = None) -> World:
     """The simulated `World` behind a core loaded with a scopeloop.sim config.
 
@@ -102,15 +129,32 @@ def world_of(core: Any, hub_label: str | None = None) -> World:
         The hub's label; may be omitted when only one SimHub is loaded.
 
     """
-    labels = [hub_label] if hub_label else labels_of(core, SimHub)
-    if len(labels) != 1:
-        raise DeviceError(
-            f"expected one SimHub in the loaded configuration, found {len(labels)}"
-        )
-    hub = _rig(id(core.events.propertyChanged), labels[0]).hub
-    if not isinstance(hub, SimHub):
-        raise DeviceError(f"{labels[0]!r} is not a loaded, initialised SimHub")
-    return hub.world
+    return hub_of(core, SimHub, hub_label).world
+
+
+class _RigHub(HubDevice):
+    """Base of the hubs (SimHub, ReplayHub): owns the rig its peripherals share.
+
+    Initialising enters the hub in the rig table, where its peripherals find it
+    and the light path; shutting down removes it.
+    """
+
+    PERIPHERALS: ClassVar[tuple[tuple[str, str], ...]] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rig = _Rig()
+
+    def get_installed_peripherals(self) -> Sequence[tuple[str, str]]:
+        return self.PERIPHERALS
+
+    def initialize(self) -> None:
+        self._rig = _rig(_core_key(self), self.get_label())
+        self._rig.hub = self
+
+    def shutdown(self) -> None:
+        with _RIGS_LOCK:
+            _RIGS.pop((_core_key(self), self.get_label()), None)
 
 
 class _OnWorld:
@@ -136,15 +180,45 @@ class _OnWorld:
     def light(self) -> LightPath:
         return self.rig.light
 
-    @property
-    def world(self) -> World:
+    def parent_hub(self, cls: type[_H]) -> _H:
+        """The parent hub, which must be a loaded, initialised `cls`."""
         hub = self.rig.hub
-        if not isinstance(hub, SimHub):
+        if not isinstance(hub, cls):
             raise DeviceError(
                 f"device {self.get_label()!r}: its parent hub "  # type: ignore[attr-defined]
-                f"{self.get_parent_label()!r} is not a loaded, initialised SimHub"  # type: ignore[attr-defined]
+                f"{self.get_parent_label()!r} is not a loaded, "  # type: ignore[attr-defined]
+                f"initialised {cls.__name__}"
             )
-        return hub.world
+        return hub
+
+    @property
+    def world(self) -> World:
+        return self.parent_hub(SimHub).world
+
+
+class _RigCamera(_OnWorld, SimpleCameraDevice):
+    """Base of the rig's cameras (SimCamera, ReplayCamera): exposure in ms."""
+
+    EXPOSURE_LIMITS_MS: ClassVar[tuple[float, float]] = (0.01, 60_000.0)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._exposure_ms = 50.0
+        self.set_property_limits("Exposure", self.EXPOSURE_LIMITS_MS)
+
+    def get_exposure(self) -> float:
+        return self._exposure_ms
+
+    def set_exposure(self, exposure: float) -> None:
+        # core.setExposure() reaches here without the property's limits.
+        value = float(exposure)
+        low, high = self.EXPOSURE_LIMITS_MS
+        if not low <= value <= high:
+            raise LimitError(
+                f"{self.get_label()}: Exposure={exposure!r} ms is outside "
+                f"{low}..{high} ms"
+            )
+        self._exposure_ms = value
 
 
 def _culture_limits(info: FieldInfo) -> tuple[float, float] | None:
@@ -184,7 +258,7 @@ def _register_culture_properties(hub: SimHub) -> None:
         )
 
 
-class SimHub(HubDevice):
+class SimHub(_RigHub):
     """The simulated world: a culture of nuclei, its clock and ground truth.
 
     Culture parameters (Seed, CellCycle_h, Density_per_mm2, ...) can be set until
@@ -206,21 +280,12 @@ class SimHub(HubDevice):
         self._speedup = 1.0
         self._clock = ClockMode.WALL
         self._start_lock = threading.Lock()
-        self._rig = _Rig()
         _register_culture_properties(self)
 
     # -- lifecycle ----------------------------------------------------------
 
-    def get_installed_peripherals(self) -> Sequence[tuple[str, str]]:
-        return self.PERIPHERALS
-
-    def initialize(self) -> None:
-        self._rig = _rig(_core_key(self), self.get_label())
-        self._rig.hub = self
-
     def shutdown(self) -> None:
-        with _RIGS_LOCK:
-            _RIGS.pop((_core_key(self), self.get_label()), None)
+        super().shutdown()
         self._world = None
 
     @property
@@ -442,39 +507,21 @@ class SimFocus(_OnWorld, StageDevice):
         raise DeviceError(f"{self.get_label()}: setting the origin is not supported")
 
 
-class SimCamera(_OnWorld, SimpleCameraDevice):
+class SimCamera(_RigCamera):
     """16-bit camera with shot noise, read noise, offset, gain and saturation."""
-
-    EXPOSURE_LIMITS_MS: ClassVar[tuple[float, float]] = (0.01, 60_000.0)
 
     def __init__(self) -> None:
         super().__init__()
-        self._exposure_ms = 50.0
         self._binning = 1
         self._width = 512
         self._height = 512
         self._pixel_um = 0.5
         self._sensor = SensorModel()
         self.set_property_limits("Binning", (1, 8))
-        self.set_property_limits("Exposure", self.EXPOSURE_LIMITS_MS)
         self.set_property_limits("Offset", (0.0, 10_000.0))
         self.set_property_limits("Gain", (0.01, 100.0))
 
     # -- standard properties ------------------------------------------------
-
-    def get_exposure(self) -> float:
-        return self._exposure_ms
-
-    def set_exposure(self, exposure: float) -> None:
-        # core.setExposure() reaches here without the property's limits.
-        value = float(exposure)
-        low, high = self.EXPOSURE_LIMITS_MS
-        if not low <= value <= high:
-            raise LimitError(
-                f"{self.get_label()}: Exposure={exposure!r} ms is outside "
-                f"{low}..{high} ms"
-            )
-        self._exposure_ms = value
 
     def get_binning(self) -> int:
         return self._binning

@@ -26,19 +26,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from pymmcore_plus.experimental.unicore import (
-    HubDevice,
-    SimpleCameraDevice,
-    pymm_property,
-)
+from pymmcore_plus.experimental.unicore import pymm_property
 
-from scopeloop.errors import ConfigError, DeviceError, LimitError
+from scopeloop.errors import ConfigError, DeviceError
 from scopeloop.storage import read_recording
 
-from ._devices import _core_key, _OnWorld, _Rig, _rig, labels_of
+from ._devices import _RigCamera, _RigHub, hub_of
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Mapping
 
     from numpy.typing import DTypeLike, NDArray
 
@@ -71,18 +67,10 @@ def replay_of(core: Any, hub_label: str | None = None) -> ReplayHub:
         The hub's label; may be omitted when only one ReplayHub is loaded.
 
     """
-    labels = [hub_label] if hub_label else labels_of(core, ReplayHub)
-    if len(labels) != 1:
-        raise DeviceError(
-            f"expected one ReplayHub in the loaded configuration, found {len(labels)}"
-        )
-    hub = _rig(id(core.events.propertyChanged), labels[0]).hub
-    if not isinstance(hub, ReplayHub):
-        raise DeviceError(f"{labels[0]!r} is not a loaded, initialised ReplayHub")
-    return hub
+    return hub_of(core, ReplayHub, hub_label)
 
 
-class ReplayHub(HubDevice):
+class ReplayHub(_RigHub):
     """A recording and its replay clock, shared by the replay rig's devices.
 
     The recording is opened when the hub initialises (or when `Recording` is
@@ -114,19 +102,14 @@ class ReplayHub(HubDevice):
         self._initialised = False
         self._error = ""  # why the recording set in the configuration failed
         self._replay_lock = threading.Lock()
-        self._rig = _Rig()
         self.timer: Callable[[], float] = time.perf_counter
         """Wall clock of the replay (replaceable in tests)."""
         self._reset_clock(0.0)
 
     # -- lifecycle ----------------------------------------------------------
 
-    def get_installed_peripherals(self) -> Sequence[tuple[str, str]]:
-        return self.PERIPHERALS
-
     def initialize(self) -> None:
-        self._rig = _rig(_core_key(self), self.get_label())
-        self._rig.hub = self
+        super().initialize()
         self._initialised = True
         if self._path:
             try:
@@ -138,10 +121,7 @@ class ReplayHub(HubDevice):
                 raise
 
     def shutdown(self) -> None:
-        from ._devices import _RIGS, _RIGS_LOCK
-
-        with _RIGS_LOCK:
-            _RIGS.pop((_core_key(self), self.get_label()), None)
+        super().shutdown()
         self._recording = None
 
     def _load(self, path: str, channel: int) -> None:
@@ -405,7 +385,7 @@ class ReplayHub(HubDevice):
         return min(index, frames - 1)
 
 
-class ReplayCamera(_OnWorld, SimpleCameraDevice):
+class ReplayCamera(_RigCamera):
     """Camera serving recorded frames, thinned to lower laser power if asked.
 
     `Offset` (grey level of no light; default 100 for 16-bit recordings, 0
@@ -413,17 +393,13 @@ class ReplayCamera(_OnWorld, SimpleCameraDevice):
     electrons; `ReadNoise_e` is the read noise the recording's camera had.
     """
 
-    EXPOSURE_LIMITS_MS: ClassVar[tuple[float, float]] = (0.01, 60_000.0)
-
     def __init__(self) -> None:
         super().__init__()
-        self._exposure_ms = 50.0
         self._offset: float | None = None
         self._gain = 1.0
         self._read_noise_e = 1.5
         self._pixel_um = 0.5
         self._unchanged_said = False
-        self.set_property_limits("Exposure", self.EXPOSURE_LIMITS_MS)
         self.set_property_limits("Offset", (0.0, 65_535.0))
         self.set_property_limits("Gain", (0.01, 100.0))
         self.set_property_limits("Binning", (1, 1))
@@ -431,28 +407,9 @@ class ReplayCamera(_OnWorld, SimpleCameraDevice):
     @property
     def hub(self) -> ReplayHub:
         """The parent ReplayHub."""
-        hub = self.rig.hub
-        if not isinstance(hub, ReplayHub):
-            raise DeviceError(
-                f"device {self.get_label()!r}: its parent hub "
-                f"{self.get_parent_label()!r} is not a loaded, initialised ReplayHub"
-            )
-        return hub
+        return self.parent_hub(ReplayHub)
 
     # -- properties ---------------------------------------------------------
-
-    def get_exposure(self) -> float:
-        return self._exposure_ms
-
-    def set_exposure(self, exposure: float) -> None:
-        value = float(exposure)
-        low, high = self.EXPOSURE_LIMITS_MS
-        if not low <= value <= high:
-            raise LimitError(
-                f"{self.get_label()}: Exposure={exposure!r} ms is outside "
-                f"{low}..{high} ms"
-            )
-        self._exposure_ms = value
 
     def get_binning(self) -> int:
         return 1
