@@ -92,6 +92,76 @@ def _written_raw(out: Path, raw: Path) -> str:
     return raw.name.split(".")[0] + "/"
 
 
+def _set_light(
+    core: UniMMCore, laser: str, exposure_ms: float, laser_power_mw: float
+) -> None:
+    """Set the exposure and the laser's power, and open the shutter if there is one."""
+    try:
+        core.setExposure(exposure_ms)
+        core.setProperty(laser, "PowerSetpoint_mW", laser_power_mw)
+    except ValueError as e:  # the rig's own limits
+        raise ConfigError(f"the rig refuses the options: {e}") from None
+    if core.getShutterDevice():
+        core.setShutterOpen(True)
+
+
+def _run(
+    core: UniMMCore,
+    sequence: useq.MDASequence,
+    raw: Path,
+    event_started: Callable[[useq.MDAEvent], None],
+    frame_ready: Callable[[np.ndarray, useq.MDAEvent, Any], None],
+) -> tuple[BaseException | None, float]:
+    """Acquire `sequence` into `raw` with the callbacks connected.
+
+    Returns the interruption (Ctrl-C) to re-raise once what was acquired is
+    written, or None, and the wall time taken in seconds.
+    """
+    core.mda.events.eventStarted.connect(event_started)
+    core.mda.events.frameReady.connect(frame_ready)
+    started = time.perf_counter()
+    # The runner works on its own thread so that Ctrl-C here cancels it
+    # cleanly: the writer closes and every acquired frame stays readable.
+    try:
+        interrupted = run_until_done(core, sequence, output=str(raw))
+    finally:
+        core.mda.events.eventStarted.disconnect(event_started)
+        core.mda.events.frameReady.disconnect(frame_ready)
+    return interrupted, time.perf_counter() - started
+
+
+def _finished(
+    core: UniMMCore, interrupted: BaseException | None, frames: int, planned: int
+) -> bool:
+    """Whether the acquisition ran to its end: every frame planned, no error."""
+    return (
+        interrupted is None
+        and frames == planned
+        and core.mda.status.finish_reason != "errored"
+    )
+
+
+def _raise_if_stopped(
+    core: UniMMCore,
+    interrupted: BaseException | None,
+    frames: int,
+    planned: int,
+    out: Path,
+) -> None:
+    """Re-raise an interruption, or an error that stopped the acquisition.
+
+    Called once what was acquired is written.
+    """
+    if interrupted is not None:
+        raise interrupted
+    if core.mda.status.finish_reason == "errored":
+        # The runner re-raises on its own thread; what was acquired is written.
+        raise DeviceError(
+            f"the acquisition stopped on an error after {frames} of "
+            f"{planned} frames (see the log); what was acquired is in {out}"
+        )
+
+
 def run_simulation(
     options: SimulationOptions,
     on_frame: Callable[[int, int], None] | None = None,
@@ -151,13 +221,7 @@ def _acquire(
     core.setProperty(hub, "Clock", "Manual")
     core.setProperty(hub, "SpeedUp", options.speedup)
     world = world_of(core, hub)
-    try:
-        core.setExposure(options.exposure_ms)
-        core.setProperty(laser, "PowerSetpoint_mW", options.laser_power_mw)
-    except ValueError as e:  # the rig's own limits
-        raise ConfigError(f"the rig refuses the options: {e}") from None
-    if core.getShutterDevice():
-        core.setShutterOpen(True)
+    _set_light(core, laser, options.exposure_ms, options.laser_power_mw)
 
     z0 = world.params.sample_z_um
     positions = [
@@ -195,18 +259,7 @@ def _acquire(
         if on_frame is not None:
             on_frame(len(acquired), planned)
 
-    core.mda.events.eventStarted.connect(_event_started)
-    core.mda.events.frameReady.connect(_frame_ready)
-    started = time.perf_counter()
-    interrupted: BaseException | None = None
-    # The runner works on its own thread so that Ctrl-C here cancels it
-    # cleanly: the writer closes and every acquired frame stays readable.
-    try:
-        interrupted = run_until_done(core, sequence, output=str(raw))
-    finally:
-        core.mda.events.eventStarted.disconnect(_event_started)
-        core.mda.events.frameReady.disconnect(_frame_ready)
-    wall = time.perf_counter() - started
+    interrupted, wall = _run(core, sequence, raw, _event_started, _frame_ready)
 
     exposures = world.exposures[first:]
     if len(exposures) < len(acquired):
@@ -237,9 +290,7 @@ def _acquire(
         dead_nuclei=dead,
         sim_time_h=round(world.now() / 3600, 3),
         wall_time_s=round(wall, 3),
-        finished=interrupted is None
-        and len(frames) == planned
-        and core.mda.status.finish_reason != "errored",
+        finished=_finished(core, interrupted, len(frames), planned),
         raw=_written_raw(out, raw),
     )
     (out / "simulation.json").write_text(
@@ -254,14 +305,7 @@ def _acquire(
             indent=2,
         )
     )
-    if interrupted is not None:
-        raise interrupted
-    if core.mda.status.finish_reason == "errored":
-        # The runner re-raises on its own thread; what was acquired is written.
-        raise DeviceError(
-            f"the acquisition stopped on an error after {len(frames)} of "
-            f"{planned} frames (see the log); what was acquired is in {out}"
-        )
+    _raise_if_stopped(core, interrupted, len(frames), planned, out)
     return summary
 
 
@@ -419,13 +463,7 @@ def _acquire_replay(
         raise DeviceError(
             f"{config} must load exactly one SimLaser, found {len(laser)}"
         )
-    try:
-        core.setExposure(exposure)
-        core.setProperty(laser[0], "PowerSetpoint_mW", power)
-    except ValueError as e:  # the rig's own limits
-        raise ConfigError(f"the rig refuses the options: {e}") from None
-    if core.getShutterDevice():
-        core.setShutterOpen(True)
+    _set_light(core, laser[0], exposure, power)
     light = power / recorded_power
     if recorded_exposure > 0:
         light *= exposure / recorded_exposure
@@ -501,15 +539,7 @@ def _acquire_replay(
     engine = core.mda.engine
     if engine is not None and hasattr(engine, "use_hardware_sequencing"):
         engine.use_hardware_sequencing = False
-    core.mda.events.eventStarted.connect(_event_started)
-    core.mda.events.frameReady.connect(_frame_ready)
-    started = time.perf_counter()
-    try:
-        interrupted = run_until_done(core, sequence, output=str(raw))
-    finally:
-        core.mda.events.eventStarted.disconnect(_event_started)
-        core.mda.events.frameReady.disconnect(_frame_ready)
-    wall = time.perf_counter() - started
+    interrupted, wall = _run(core, sequence, raw, _event_started, _frame_ready)
 
     with (out / "replay_frames.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(served[0]) if served else ["t"])
@@ -525,9 +555,7 @@ def _acquire_replay(
         dead_nuclei=None,
         sim_time_h=round(hub.now() / 3600, 6),
         wall_time_s=round(wall, 3),
-        finished=interrupted is None
-        and len(served) == planned
-        and core.mda.status.finish_reason != "errored",
+        finished=_finished(core, interrupted, len(served), planned),
         raw=_written_raw(out, raw),
         ground_truth=None,
         recording=str(path.resolve()),
@@ -535,11 +563,5 @@ def _acquire_replay(
     )
     record["summary"] = asdict(summary)
     (out / "simulation.json").write_text(json.dumps(record, indent=2))
-    if interrupted is not None:
-        raise interrupted
-    if core.mda.status.finish_reason == "errored":
-        raise DeviceError(
-            f"the acquisition stopped on an error after {len(served)} of "
-            f"{planned} frames (see the log); what was acquired is in {out}"
-        )
+    _raise_if_stopped(core, interrupted, len(served), planned, out)
     return summary
