@@ -10,8 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import subprocess
-import sys
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,6 +25,7 @@ from scopeloop.controller import run_session
 from scopeloop.hardware import default_config
 from scopeloop.models import Denoiser, SimClip, shipped_model_path, simulate_clip
 from scopeloop.sim import CultureParams, SensorModel
+from workers import quick_demo_properties, worker_process
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -171,26 +170,13 @@ def test_worker_process_analyses_a_controller_run(tmp_path: Path) -> None:
             "positions": [{"x_um": 0, "y_um": 0}, {"x_um": 400, "y_um": 0}],
             "illumination": {"exposure_ms": 20, "laser_power_mw": 4},
             "time": {"interval_s": 0.5, "frames": 3},
-            "properties": [
-                {"device": "SimHub", "property": "SpeedUp", "value": 600},
-                {"device": "Camera", "property": "SensorWidth", "value": 256},
-                {"device": "Camera", "property": "SensorHeight", "value": 256},
-            ],
+            "properties": quick_demo_properties(256),
             "stream": {"worker": address, "wait_for_worker_s": 60, "drain_s": 30},
         }
     )
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "scopeloop", "worker", "--address", address,
-         "--device", "cpu", "--frames", "6", "--threads", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )  # fmt: skip
-    try:
+    with worker_process(address, "--frames", "6") as worker:
         summary = run_session(default_config(), plan, out=tmp_path / "run")
         output, _ = worker.communicate(timeout=60)
-    finally:
-        worker.kill()
     assert worker.returncode == 0, output
     assert "worker done: 6 frames, 0 errors" in " ".join(output.split())
     assert summary.frames == 6

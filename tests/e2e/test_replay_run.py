@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,39 +13,40 @@ from addresses import free_address
 from scopeloop.config import SessionPlan
 from scopeloop.controller import run_session
 from scopeloop.errors import ConfigError
+from workers import worker_process
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "hardware_configs" / "replay.cfg"
 GOWT1 = ROOT.parent / "shared" / "data" / "real" / "gowt1-01" / "images.tif"
+RECORDING = {"device": "ReplayHub", "property": "Recording", "value": str(GOWT1)}
+
+
+def gowt1_plan(address: str, **fields: Any) -> SessionPlan:
+    """A plan replaying GOWT1 (20 ms at 10 mW) to the worker at `address`."""
+    return SessionPlan.model_validate(
+        {
+            "illumination": {"exposure_ms": 20, "laser_power_mw": 10},
+            "stream": {"worker": address, "wait_for_worker_s": 60, "drain_s": 60},
+            **fields,
+        }
+    )
 
 
 @pytest.mark.skipif(not GOWT1.is_file(), reason=f"{GOWT1} not found")
 def test_a_run_on_replayed_gowt1_gives_detections(tmp_path: Path) -> None:
     address = free_address()
-    plan = SessionPlan.model_validate(
-        {
-            "name": "replay-e2e",
-            "illumination": {"exposure_ms": 20, "laser_power_mw": 10},
-            "time": {"interval_s": 0, "frames": 3},
-            "properties": [
-                {"device": "ReplayHub", "property": "Recording", "value": str(GOWT1)},
-                {"device": "ReplayHub", "property": "Clock", "value": "Step"},
-            ],
-            "stream": {"worker": address, "wait_for_worker_s": 60, "drain_s": 60},
-        }
+    plan = gowt1_plan(
+        address,
+        name="replay-e2e",
+        time={"interval_s": 0, "frames": 3},
+        properties=[
+            RECORDING,
+            {"device": "ReplayHub", "property": "Clock", "value": "Step"},
+        ],
     )
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "scopeloop", "worker", "--address", address,
-         "--device", "cpu", "--frames", "3", "--threads", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )  # fmt: skip
-    try:
+    with worker_process(address, "--frames", "3") as worker:
         summary = run_session(CONFIG, plan, out=tmp_path / "run")
         output, _ = worker.communicate(timeout=120)
-    finally:
-        worker.kill()
 
     assert worker.returncode == 0, output
     assert summary.frames == 3
@@ -78,35 +78,21 @@ def test_a_run_without_a_recording_is_refused_before_acquiring(
 @pytest.mark.skipif(not GOWT1.is_file(), reason=f"{GOWT1} not found")
 def test_the_closed_loop_runs_on_replayed_gowt1(tmp_path: Path) -> None:
     address = free_address()
-    plan = SessionPlan.model_validate(
-        {
-            "name": "replay-loop",
-            "illumination": {"exposure_ms": 20, "laser_power_mw": 10},
-            "time": {"interval_s": 1.0, "duration_s": 3.0},
-            "properties": [
-                {"device": "ReplayHub", "property": "Recording", "value": str(GOWT1)},
-            ],
-            "stream": {"worker": address, "wait_for_worker_s": 60, "drain_s": 60},
-            "policy": {
-                "kind": "event-driven",
-                "fast_interval_s": 0.25,
-                "entry_score": 0.5,
-                "hold_s": 1,
-            },
-        }
+    plan = gowt1_plan(
+        address,
+        name="replay-loop",
+        time={"interval_s": 1.0, "duration_s": 3.0},
+        properties=[RECORDING],
+        policy={
+            "kind": "event-driven",
+            "fast_interval_s": 0.25,
+            "entry_score": 0.5,
+            "hold_s": 1,
+        },
     )
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "scopeloop", "worker", "--address", address,
-         "--device", "cpu", "--threads", "1", "--idle-exit", "5"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )  # fmt: skip
-    try:
+    with worker_process(address, "--idle-exit", "5") as worker:
         summary = run_session(CONFIG, plan, out=tmp_path / "run")
         output, _ = worker.communicate(timeout=120)
-    finally:
-        worker.kill()
 
     assert worker.returncode == 0, output
     assert summary.frames >= 3

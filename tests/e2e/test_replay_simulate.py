@@ -32,6 +32,11 @@ def simulate(*args: str) -> Result:
     return CliRunner().invoke(app, ["simulate", "--config", str(CONFIG), *FAST, *args])
 
 
+def replay(recording: Path, out: Path, *args: str) -> Result:
+    """`simulate` on replay.cfg of `recording` into `out`, with more options."""
+    return simulate("--recording", str(recording), *args, "--out", str(out))
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
     """A small 16-bit TYX recording: 6 frames of 32x48, bright enough to thin."""
@@ -50,7 +55,7 @@ def message(result: Result) -> str:
 def test_gowt1_replayed_at_recorded_power_is_bit_for_bit(tmp_path: Path) -> None:
     out = tmp_path / "run"
 
-    result = simulate("--recording", str(GOWT1), "--frames", "3", "--out", str(out))
+    result = replay(GOWT1, out, "--frames", "3")
 
     assert result.exit_code == 0, result.output
     raw = read_raw(out, 0)
@@ -75,10 +80,7 @@ def test_replay_follows_the_clock_and_records_what_it_served(
 
     # The recording's interval is 1 s (none in the file): every 2 s serves
     # frames 0, 2, 4.
-    result = simulate(
-        "--recording", str(path), "--frames", "3", "--interval", "2",
-        "--out", str(out),
-    )  # fmt: skip
+    result = replay(path, out, "--frames", "3", "--interval", "2")
 
     assert result.exit_code == 0, result.output
     np.testing.assert_array_equal(read_raw(out, 0), frames[[0, 2, 4]])
@@ -101,10 +103,7 @@ def test_lower_power_thins_the_recording(
     out = tmp_path / "run"
 
     # replay.cfg records at 10 mW: 2.5 mW keeps a quarter of the photons.
-    result = simulate(
-        "--recording", str(path), "--frames", "2", "--power", "2.5",
-        "--out", str(out),
-    )  # fmt: skip
+    result = replay(path, out, "--frames", "2", "--power", "2.5")
 
     assert result.exit_code == 0, result.output
     raw = read_raw(out, 0).astype(float)
@@ -122,42 +121,36 @@ def test_lower_power_thins_the_recording(
     }
 
 
-def test_too_many_frames_is_refused(
-    tmp_path: Path, stack: tuple[Path, np.ndarray]
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--frames", "7"], ["7 time points (--frames)", "6 frames per position"]),
+        (
+            ["--frames", "1", "--positions", "3"],
+            ["3 positions asked (--positions)", "has 1 position(s)"],
+        ),
+    ],
+    ids=["too-many-frames", "too-many-positions"],
+)
+def test_more_than_the_recording_holds_is_refused(
+    tmp_path: Path, stack: tuple[Path, np.ndarray], args: list[str], said: list[str]
 ) -> None:
     path, _ = stack
     out = tmp_path / "run"
 
-    result = simulate("--recording", str(path), "--frames", "7", "--out", str(out))
+    result = replay(path, out, *args)
 
     assert result.exit_code == 2
     text = message(result)
-    assert "7 time points (--frames)" in text
-    assert "6 frames per position" in text
-    assert not out.exists()
-
-
-def test_too_many_positions_is_refused(
-    tmp_path: Path, stack: tuple[Path, np.ndarray]
-) -> None:
-    path, _ = stack
-    out = tmp_path / "run"
-
-    result = simulate(
-        "--recording", str(path), "--frames", "1", "--positions", "3",
-        "--out", str(out),
-    )  # fmt: skip
-
-    assert result.exit_code == 2
-    assert "3 positions asked (--positions)" in message(result)
-    assert "has 1 position(s)" in message(result)
+    for words in said:
+        assert words in text
     assert not out.exists()
 
 
 def test_a_missing_recording_is_refused_naming_it(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "images.tif"
 
-    result = simulate("--recording", str(missing), "--out", str(tmp_path / "run"))
+    result = replay(missing, tmp_path / "run")
 
     assert result.exit_code == 2
     assert str(missing) in message(result)

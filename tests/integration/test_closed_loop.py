@@ -22,6 +22,7 @@ from scopeloop.controller import BudgetedEngine, LightBudget, run_session
 from scopeloop.errors import LimitError
 from scopeloop.hardware import default_config, load_core
 from scopeloop.protocol import FrameClient, NucleusRecord, ResultMessage
+from workers import quick_demo_properties
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -83,11 +84,7 @@ def plan(address: str, **budget: Any) -> SessionPlan:
             "positions": [{"x_um": 0, "y_um": 0}, {"x_um": 500, "y_um": 0}],
             "illumination": {"exposure_ms": 10, "laser_power_mw": 1},
             "time": {"interval_s": 1.0, "duration_s": 3.0},
-            "properties": [
-                {"device": "SimHub", "property": "SpeedUp", "value": 600},
-                {"device": "Camera", "property": "SensorWidth", "value": 128},
-                {"device": "Camera", "property": "SensorHeight", "value": 128},
-            ],
+            "properties": quick_demo_properties(128),
             "stream": {"worker": address, "wait_for_worker_s": TIMEOUT_S},
             "policy": {
                 "kind": "event-driven",
