@@ -106,3 +106,22 @@ def test_the_closed_loop_runs_on_replayed_gowt1(tmp_path: Path) -> None:
     assert len(nuclei) >= summary.frames // 2  # nuclei found on the real frames
     lines = (folder / "decisions.jsonl").read_text().splitlines()
     assert all(json.loads(line)["action"] for line in lines)
+
+
+@pytest.mark.skipif(not GOWT1.is_file(), reason=f"{GOWT1} not found")
+def test_a_plan_position_off_the_recording_is_refused_before_the_run(
+    tmp_path: Path,
+) -> None:
+    plan = SessionPlan.model_validate(
+        {
+            "positions": [{"name": "there", "x_um": 0, "y_um": 0},
+                          {"name": "nowhere", "x_um": 5000, "y_um": 0}],
+            "time": {"interval_s": 0, "frames": 1},
+            "properties": [RECORDING],
+            "stream": {"worker": "none"},
+        }
+    )  # fmt: skip
+
+    with pytest.raises(ConfigError, match=r"position 'nowhere'.*out of range"):
+        run_session(CONFIG, plan, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

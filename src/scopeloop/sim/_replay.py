@@ -282,6 +282,11 @@ class ReplayHub(_RigHub):
             return [s.stage_um for s in series if s.stage_um is not None]
         return [(i * self._spacing_um, 0.0) for i in range(len(series))]
 
+    def check_stage(self, x_um: float, y_um: float) -> None:
+        """Refuse a stage move away from every recorded position (once loaded)."""
+        if self._recording is not None:
+            self.position_at(x_um, y_um)
+
     def position_at(self, x_um: float, y_um: float) -> int:
         """Index of the recorded position the stage at (x, y) looks at.
 
