@@ -13,7 +13,6 @@ numbers, strings, booleans, lists); `meta` says how the weights were made
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 
 from scopeloop.errors import ConfigError
+from scopeloop.storage import file_sha256
 
 __all__ = [
     "MODEL_FORMAT_VERSION",
@@ -45,15 +45,6 @@ class ModelFile:
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     sha256: str = ""
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def shipped_model_path(kind: str) -> Path:

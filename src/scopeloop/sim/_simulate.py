@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import gc
-import hashlib
 import json
 import math
 import time
@@ -16,6 +15,7 @@ import useq
 
 from scopeloop.errors import ConfigError, DeviceError
 from scopeloop.hardware import default_config, load_core, run_until_done
+from scopeloop.storage import file_sha256
 from scopeloop.versions import package_versions
 
 from ._culture import Phase
@@ -329,14 +329,6 @@ def _max_time_points(frames: int, interval_s: float, frame_interval_s: float) ->
     return last + 1
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _mtime(seconds: float) -> str:
     from datetime import UTC, datetime
 
@@ -351,7 +343,9 @@ def _recording_record(path: Path, hub: ReplayHub) -> dict[str, Any]:
     if path.is_file():
         stat = path.stat()
         record.update(
-            size_bytes=stat.st_size, mtime=_mtime(stat.st_mtime), sha256=_sha256(path)
+            size_bytes=stat.st_size,
+            mtime=_mtime(stat.st_mtime),
+            sha256=file_sha256(path),
         )
     else:  # an OME-Zarr or a run folder: too many files to hash, say how big
         stats = [f.stat() for f in path.rglob("*") if f.is_file()]
