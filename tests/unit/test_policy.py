@@ -125,6 +125,20 @@ def test_confirm_frames_needs_scores_in_a_row() -> None:
     assert "3 frames in a row" in fast.reason
 
 
+def test_a_confirming_frame_comes_after_the_fast_interval_at_slow_power() -> None:
+    loop = policy(confirm_frames=2, fast_power_mw=3.0)
+    loop.observe(result(0, 0.9), None, 0.0)
+    confirm = loop.visit(0)
+    assert (confirm.interval_s, confirm.power_mw, confirm.mode) == (
+        5,
+        BASE_POWER,
+        Mode.SLOW,
+    )
+    assert loop.visit(1).interval_s == 60  # the other position is not concerned
+    assert loop.observe(result(0, 0.2), None, 5.0) == []  # not confirmed
+    assert loop.visit(0).interval_s == 60
+
+
 def test_an_episode_never_lasts_longer_than_max_fast() -> None:
     loop = policy(max_fast_s=100)
     loop.observe(result(0, 0.9), None, 0.0)

@@ -68,7 +68,8 @@ class EventDrivenSettings(_Model):
     """Slow and gentle everywhere; fast where a nucleus enters mitosis.
 
     Per position: when a nucleus's mitosis score reaches `entry_score` on
-    `confirm_frames` frames in a row, the position is imaged every
+    `confirm_frames` frames in a row (the confirming frames are taken after
+    `fast_interval_s`, at the slow power), the position is imaged every
     `fast_interval_s` (at `fast_power_mw` if given). It stays fast while any
     nucleus scores at least `exit_score` (hysteresis), then for `hold_s`
     more, and never longer than `max_fast_s` in one episode. A division seen

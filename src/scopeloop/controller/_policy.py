@@ -146,6 +146,7 @@ class EventDrivenPolicy:
             else plan.illumination.laser_power_mw,
             Mode.FAST,
         )
+        self._confirm = Visit(settings.fast_interval_s, self._slow.power_mw)
         self.positions = [_Position() for _ in range(positions)]
         for state in self.positions:
             state.modes.append((0.0, Mode.SLOW.value))
@@ -154,10 +155,19 @@ class EventDrivenPolicy:
         self._lock = threading.Lock()
 
     def visit(self, position: int) -> Visit:
-        """Fast or slow, as the position's mode says."""
+        """Fast or slow, as the position's mode says.
+
+        A slow position whose last score reached the entry score, but on too
+        few frames in a row, is looked at again after the fast interval (at
+        the slow power): a confirmation should not wait a whole slow interval.
+        """
         with self._lock:
-            fast = self.positions[position].mode is Mode.FAST
-        return self._fast if fast else self._slow
+            state = self.positions[position]
+            fast = state.mode is Mode.FAST
+            confirming = not fast and state.streak > 0
+        if fast:
+            return self._fast
+        return self._confirm if confirming else self._slow
 
     def mode(self, position: int) -> Mode:
         """The current mode of `position`."""
