@@ -26,7 +26,6 @@ divisions to light than always-fast at high power.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,17 +37,9 @@ from scopeloop.controller import run_session
 from scopeloop.evaluate import Evaluation, evaluate_run
 from scopeloop.hardware import default_config
 from scopeloop.sim import write_run_truth
+from scopeloop.worker import LocalWorker, free_loopback_address
 
 PLAN = Path(__file__).parents[1] / "src" / "scopeloop" / "plans" / "closed_loop.yaml"
-
-
-def free_address() -> str:
-    """A free loopback TCP address."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 def variants(base: SessionPlan, high_power: float) -> dict[str, SessionPlan]:
@@ -90,25 +81,18 @@ def variants(base: SessionPlan, high_power: float) -> dict[str, SessionPlan]:
 def run_one(name: str, plan: SessionPlan, folder: Path) -> Evaluation:
     """Acquire `plan` (with a local worker if it streams) and score it."""
     worker = None
-    log = folder.with_suffix(".worker.log")
     if plan.stream.enabled:
-        address = free_address()
+        address = free_loopback_address()
         plan = plan.model_copy(
             update={"stream": plan.stream.model_copy(update={"worker": address})}
         )
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "scopeloop", "worker", "--address", address,
-             "--threads", "1", "--idle-exit", "60"],
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        worker = LocalWorker(address)
     started = time.perf_counter()
     try:
         run_session(default_config(), plan, out=folder, on_finished=write_run_truth)
     finally:
         if worker is not None:
-            worker.terminate()
-            worker.wait(30)
+            worker.stop(folder)
     print(f"  {name}: {time.perf_counter() - started:.0f} s -> {folder}", flush=True)
     return evaluate_run(folder)
 

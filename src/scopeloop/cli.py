@@ -247,51 +247,6 @@ def _default_plan() -> Path:
     return Path(__file__).parent / "plans" / "closed_loop.yaml"
 
 
-def _free_loopback_address() -> str:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"tcp://127.0.0.1:{port}"
-
-
-class _LocalWorker:
-    """`scopeloop worker` in a child process, its output in a log file."""
-
-    def __init__(self, address: str) -> None:
-        import subprocess
-        import sys
-        import tempfile
-
-        self.log = Path(tempfile.mkstemp(prefix="scopeloop-worker-", suffix=".log")[1])
-        self._file = self.log.open("w")
-        self.process = subprocess.Popen(
-            [
-                sys.executable, "-m", "scopeloop", "worker", "--address", address,
-                "--threads", "1", "--idle-exit", "60",
-            ],
-            stdout=self._file,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-
-    def stop(self, folder: Path | None) -> None:
-        import shutil
-        import subprocess
-
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._file.close()
-        if folder is not None and folder.is_dir():
-            shutil.copyfile(self.log, folder / "worker.log")
-        self.log.unlink(missing_ok=True)
-
-
 @app.command()
 def run(
     config: Annotated[
@@ -330,15 +285,16 @@ def run(
     from scopeloop.config import load_plan
     from scopeloop.controller import RunStatus, run_session
     from scopeloop.hardware import default_config
+    from scopeloop.worker import LocalWorker, free_loopback_address
 
     plan_path = plan or _default_plan()
     try:
         session_plan = load_plan(plan_path)
     except ScopeloopError as e:
         raise _fail(str(e)) from None
-    local: _LocalWorker | None = None
+    local: LocalWorker | None = None
     if worker is None and session_plan.stream.enabled:
-        worker = _free_loopback_address()
+        worker = free_loopback_address()
         stream = session_plan.stream.model_copy(
             update={
                 "wait_for_worker_s": max(session_plan.stream.wait_for_worker_s, 120)
@@ -346,7 +302,7 @@ def run(
         )
         session_plan = session_plan.model_copy(update={"stream": stream})
         console.print(f"starting a local worker on {worker}", highlight=False)
-        local = _LocalWorker(worker)
+        local = LocalWorker(worker)
 
     def render(status: RunStatus) -> Table:
         table = Table(show_header=False, box=None)

@@ -6,6 +6,7 @@ the loop against a controller.
 """
 
 from ._analyze import AnalysisSummary, analyze_recording
+from ._local import LocalWorker, free_loopback_address
 from ._pipeline import (
     DenoiseModel,
     FrameInput,
@@ -26,6 +27,7 @@ __all__ = [
     "FrameInput",
     "FrameOutput",
     "LabelModel",
+    "LocalWorker",
     "MitosisModel",
     "Pipeline",
     "Track",
@@ -34,5 +36,6 @@ __all__ = [
     "WorkerStats",
     "analyze_recording",
     "check_frame",
+    "free_loopback_address",
     "serve",
 ]

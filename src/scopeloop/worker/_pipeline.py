@@ -152,10 +152,7 @@ class Pipeline:
         `denoiser=False` skips denoising (frames go to the segmenter as they
         are).
         """
-        from scopeloop.models._denoise import Denoiser
-        from scopeloop.models._device import pick_device
-        from scopeloop.models._labels import Segmenter
-        from scopeloop.models._mitosis import MitosisScorer
+        from scopeloop.models import Denoiser, MitosisScorer, Segmenter, pick_device
 
         where = pick_device(device)
         return cls(
